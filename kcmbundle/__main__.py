@@ -1,0 +1,3 @@
+from kcmbundle.cli import main
+
+main()
