@@ -1,7 +1,7 @@
 """Per-version knowledge of kube-controller-manager (KCM) flags.
 
 The facts live in ``kcmbundle/data/kcm-flags.toml``; its header explains each
-field. This module loads that table once and answers, for one minor of
+field. This module loads that table once and reports, for one minor of
 Kubernetes 1.24 to 1.36, whether a flag exists, whether a value is valid and
 which flags kcmbundle may write into the unit.
 
@@ -59,7 +59,7 @@ _DEFAULT_ORIGIN_PREFIX = "controllerManager.extraArgs."
 
 
 class FlagStatus(str, Enum):
-    """How a flag, or a controller name, stands in one minor."""
+    """The status of a flag, or of a controller name, in one minor."""
 
     PRESENT = "present"
     DEPRECATED = "deprecated"
@@ -212,7 +212,7 @@ def load_table() -> FlagTable:
 
     Raises:
         ValueError: the data file has a field or type this module does not
-            know; that is a bug in the file, not in the user's config.
+            handle. That is a bug in the file, not in the user's config.
     """
     data_file = resources.files("kcmbundle") / "data" / "kcm-flags.toml"
     with data_file.open("rb") as stream:
@@ -593,8 +593,11 @@ def _describe_unknown_controller(
     suggestions = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
     text = f"controller {name!r} is not known to Kubernetes {version}"
     if suggestions:
-        text += "; did you mean " + " or ".join(repr(item) for item in suggestions) + "?"
-    return text
+        return text + "; did you mean " + " or ".join(repr(item) for item in suggestions) + "?"
+
+    # Nothing is close, so list the names: the shortest accepted name of each controller.
+    shortest = sorted({min(spec.accepted_names(minor), key=len) for spec in known.values()})
+    return text + "; known controllers are " + ", ".join(shortest)
 
 
 # ---------------------------------------------------------------------------
@@ -606,8 +609,9 @@ def _describe_unknown_controller(
 class FlagReport:
     """The outcome of ``check_flags``.
 
-    ``flags`` holds what kcmbundle may write into the unit, keyed by flag name
-    without dashes: present and deprecated flags are kept, no-op flags dropped.
+    ``flags`` contains what kcmbundle may write into the unit, keyed by flag
+    name without dashes. Present and deprecated flags are kept, no-op flags
+    are dropped.
     """
 
     flags: dict[str, str] = field(default_factory=dict)
@@ -793,27 +797,24 @@ def _check_one_flag(
 
     if flag_status in (FlagStatus.DEPRECATED, FlagStatus.NOOP):
         since = spec.deprecated if spec.deprecated is not None else minor
-        report.warnings.append(
-            Problem(
-                path=path,
-                message=f"flag --{name} is deprecated since Kubernetes {format_minor(since)}",
-                fix=_removal_fix(spec, minor, table),
-            )
-        )
+        message = f"flag --{name} is deprecated since Kubernetes {format_minor(since)}"
+        if spec.removed is not None:
+            message += f" and removed in {format_minor(spec.removed)}"
+        report.warnings.append(Problem(path=path, message=message, fix=_removal_fix(spec, minor, table)))
     report.flags[name] = value
 
 
 def _noop_condition_met(spec: FlagSpec, names: Mapping[str, tuple[str, str]]) -> bool:
     if spec.noop_unless is None:
         return False
-    other, wanted = spec.noop_unless
+    other, required_value = spec.noop_unless
     if other not in names:
         return False
-    given = names[other][1]
-    wanted_bool = parse_go_bool(wanted)
-    if wanted_bool is not None:
-        return parse_go_bool(given) is wanted_bool
-    return given == wanted
+    actual_value = names[other][1]
+    required_bool = parse_go_bool(required_value)
+    if required_bool is not None:
+        return parse_go_bool(actual_value) is required_bool
+    return actual_value == required_value
 
 
 def _removal_fix(spec: FlagSpec, minor: int, table: FlagTable) -> str:
@@ -868,6 +869,19 @@ def _check_leader_election(report: FlagReport, minor: int, origins: Mapping[str,
 
     def path_of(name: str) -> str:
         return origins.get(name, _DEFAULT_ORIGIN_PREFIX + name)
+
+    zero = [name for name in _LEADER_DURATIONS if durations[name] <= timedelta(0)]
+    for name in zero:
+        report.errors.append(
+            Problem(
+                path=path_of(name),
+                message=f"--{name} must be longer than 0 while --leader-elect is true",
+                fix=f"Remove it to use the default {table.flags[name].at(minor).default}",
+                value=report.flags.get(name, NO_VALUE),
+            )
+        )
+    if zero:
+        return
 
     if not lease > renew:
         report.errors.append(

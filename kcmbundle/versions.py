@@ -1,7 +1,7 @@
 """Kubernetes versions that kcmbundle supports, and parsing of version strings.
 
-kcmbundle knows the kube-controller-manager flags of Kubernetes 1.24 to 1.36
-(see ``kcmbundle/data/kcm-flags.toml``), so every other minor is rejected.
+The flag table ``kcmbundle/data/kcm-flags.toml`` covers Kubernetes 1.24 to
+1.36 only, so every other minor is rejected.
 """
 
 from __future__ import annotations
