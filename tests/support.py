@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import glob
 import itertools
 import json
@@ -26,9 +27,15 @@ FIXED_NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
 """The clock of every reproducible test build."""
 
 
+@functools.cache
 def load_key(name: str):
-    """Load the test key ``tests/fixtures/keys/<name>.pem``."""
-    return serialization.load_pem_private_key((KEYS / f"{name}.pem").read_bytes(), password=None)
+    """Load the test key ``tests/fixtures/keys/<name>.pem``.
+
+    RSA consistency checks are skipped because they cost about 70 ms a key and
+    these files are the suite's own; keys are immutable, so one object is shared.
+    """
+    data = (KEYS / f"{name}.pem").read_bytes()
+    return serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
 
 
 class FixtureKeys:
