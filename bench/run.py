@@ -1,0 +1,277 @@
+"""Benchmark kcmbundle against the hand-run cfssl/kubectl/sed/tar pipeline.
+
+Prints a table and writes it to bench/RESULTS.md. Every figure is the wall
+time of whole processes, so interpreter start-up and imports count, as they
+do for an operator. Run it from an environment where kcmbundle is installed:
+
+    .venv/bin/python bench/run.py [--runs 5]
+
+The pipeline rows need ``cfssl``, ``cfssljson`` and a plain ``kubectl``
+(KCMBUNDLE_TEST_KUBECTL or the Google Cloud SDK's kubectl.1.NN); without
+them those rows are left out and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+KCMBUNDLE = [str(Path(sys.executable).parent / "kcmbundle")]
+if not Path(KCMBUNDLE[0]).exists():
+    KCMBUNDLE = [sys.executable, "-m", "kcmbundle"]
+
+
+@dataclass
+class Timing:
+    """Wall times of repeated runs of one case, in seconds."""
+
+    name: str
+    samples: list[float]
+    peak_rss_mib: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def run_timed(command: list[str] | str, *, cwd: Path, shell: bool = False) -> tuple[float, float]:
+    """Run one command; return its wall time in seconds and its peak RSS in MiB.
+
+    The RSS comes from wait4, so it is the largest of the process and the
+    children it waited for (such as key-generation workers), not their sum.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, shell=shell, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, executable="/bin/bash" if shell else None)
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({process.returncode}): {command}\n{errors.decode()}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def measure(name: str, command, *, cwd: Path, runs: int, shell: bool = False, prepare=None) -> Timing:
+    """Time ``command`` after one warm-up run; ``prepare`` runs before each run, untimed."""
+    samples = []
+    peak = 0.0
+    for index in range(runs + 1):
+        if prepare:
+            prepare()
+        elapsed, rss = run_timed(command, cwd=cwd, shell=shell)
+        peak = max(peak, rss)
+        if index:
+            samples.append(elapsed)
+    timing = Timing(name, samples, peak)
+    print(f"{name:<58} median {timing.median:7.3f} s  (min {min(samples):.3f}, max {max(samples):.3f})",
+          flush=True)
+    return timing
+
+
+def write_cluster(folder: Path, name: str, masters: int, *, algorithm: str, per_master: bool) -> Path:
+    """Write a config for ``masters`` masters (192.0.2.0/24 and 198.51.100.0/24 addresses)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    addresses = [f"192.0.2.{10 + i}" if i < 200 else f"198.51.100.{i - 190}" for i in range(masters)]
+    config = {
+        "cluster": {"name": name, "kubernetesVersion": "1.30.4", "serviceCIDR": "10.254.0.0/16",
+                    "clusterCIDR": "172.30.0.0/16"},
+        "ca": {"cert": "../pki/ca.pem", "key": "../pki/ca-key.pem"},
+        "masters": [{"name": f"k8s-master{i + 1}", "ip": ip} for i, ip in enumerate(addresses)],
+        "certificate": {"keyAlgorithm": algorithm, "perMaster": per_master},
+    }
+    path = folder / "cluster.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def pipeline_script(work: Path, masters: int, kubectl: str) -> str:
+    """Return the hand-run pipeline for ``masters`` masters as one bash script."""
+    hosts = ",".join(["127.0.0.1"] + [f'"192.0.2.{10 + i}"' for i in range(masters)])
+    lines = [
+        "set -euo pipefail",
+        f"cd {work}",
+        "rm -rf run && mkdir run && cd run",
+        "cat > csr.json <<'EOF'",
+        '{"CN":"system:kube-controller-manager","key":{"algo":"rsa","size":2048},'
+        f'"hosts":[{hosts.replace(chr(34), "")!r}],'.replace("'", '"'),
+        '"names":[{"C":"CN","ST":"Beijing","L":"Beijing","O":"system:kube-controller-manager","OU":"ops"}]}',
+        "EOF",
+        "cfssl gencert -ca=../pki/ca.pem -ca-key=../pki/ca-key.pem -config=../ca-config.json "
+        "-profile=kubernetes csr.json | cfssljson -bare kube-controller-manager",
+        "for i in $(seq 1 %d); do" % masters,
+        "  ip=192.0.2.$((9 + i))",
+        "  kc=kcm-$i.kubeconfig",
+        f"  {kubectl} config set-cluster kubernetes --certificate-authority=../pki/ca.pem --embed-certs=true "
+        "--server=https://$ip:6443 --kubeconfig=$kc >/dev/null",
+        f"  {kubectl} config set-credentials system:kube-controller-manager "
+        "--client-certificate=kube-controller-manager.pem --client-key=kube-controller-manager-key.pem "
+        "--embed-certs=true --kubeconfig=$kc >/dev/null",
+        f"  {kubectl} config set-context system:kube-controller-manager --cluster=kubernetes "
+        "--user=system:kube-controller-manager --kubeconfig=$kc >/dev/null",
+        f"  {kubectl} config use-context system:kube-controller-manager --kubeconfig=$kc >/dev/null",
+        "  sed -e \"s/##NODE_NAME##/k8s-master$i/\" -e \"s/##NODE_IP##/$ip/\" ../unit.template > kcm-$i.service",
+        "  mkdir -p m$i && cp kube-controller-manager*.pem $kc kcm-$i.service m$i/",
+        "  tar -czf m$i.tar.gz m$i",
+        "done",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def find_kubectl() -> str | None:
+    configured = os.environ.get("KCMBUNDLE_TEST_KUBECTL")
+    if configured:
+        return configured
+    candidates = sorted(glob.glob("/usr/lib/google-cloud-sdk/bin/kubectl.1.*"),
+                        key=lambda path: int(path.rsplit(".", 1)[1]))
+    return candidates[-1] if candidates else None
+
+
+def prepare_pipeline(work: Path) -> None:
+    (work / "ca-config.json").write_text(json.dumps({"signing": {"default": {"expiry": "8760h"}, "profiles": {
+        "kubernetes": {"usages": ["signing", "key encipherment", "server auth", "client auth"],
+                       "expiry": "8760h"}}}}))
+    (work / "unit.template").write_text(
+        "[Service]\nExecStart=/opt/k8s/bin/kube-controller-manager --bind-address=##NODE_IP## "
+        "--node=##NODE_NAME##\n")
+
+
+def rsa_keygen_seconds(count: int = 20) -> float:
+    """Return the mean time of one RSA-2048 key generation in this process."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    start = time.perf_counter()
+    for _ in range(count):
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (time.perf_counter() - start) / count
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cryptography
+
+    version = subprocess.run(KCMBUNDLE + ["--version"], capture_output=True, text=True, check=True).stdout.strip()
+    return (f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}, "
+            f"cryptography {cryptography.__version__}, {version}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per case after one warm-up (default 5)")
+    parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md", help="report file to write")
+    arguments = parser.parse_args()
+    runs = max(arguments.runs, 1)
+
+    work = Path(tempfile.mkdtemp(prefix="kcmbundle-bench-"))
+    try:
+        report = run_all(work, runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    arguments.output.write_text(report)
+    print(f"\nwrote {arguments.output}")
+
+
+def run_all(work: Path, runs: int) -> str:
+    subprocess.run(KCMBUNDLE + ["ca", "init", str(work / "pki")], check=True, capture_output=True)
+    timings: dict[str, Timing] = {}
+
+    def time_case(key: str, name: str, command, **options) -> None:
+        timings[key] = measure(name, command, cwd=work, runs=runs, **options)
+
+    time_case("python", "python -c pass", [sys.executable, "-c", "pass"])
+    time_case("import", "python -c 'import cryptography.x509'", [sys.executable, "-c", "import cryptography.x509"])
+    time_case("version", "kcmbundle --version", KCMBUNDLE + ["--version"])
+    time_case("help", "kcmbundle --help", KCMBUNDLE + ["--help"])
+
+    three = write_cluster(work / "c3", "three", 3, algorithm="rsa-2048", per_master=True)
+    time_case("validate", "kcmbundle validate (3 masters)", KCMBUNDLE + ["validate", str(three)])
+
+    cases = [
+        ("3-rsa", 3, "rsa-2048", True), ("3-rsa-shared", 3, "rsa-2048", False), ("3-ec", 3, "ecdsa-p256", True),
+        ("30-rsa", 30, "rsa-2048", True), ("30-rsa-shared", 30, "rsa-2048", False), ("30-ec", 30, "ecdsa-p256", True),
+    ]
+    for key, masters, algorithm, per_master in cases:
+        config = write_cluster(work / f"c-{key}", f"bench-{key}", masters, algorithm=algorithm, per_master=per_master)
+        label = f"build {masters} masters, {algorithm}, {'per-master' if per_master else 'shared'}"
+        time_case(key, label, KCMBUNDLE + ["build", str(config), "--out", str(work / "out"), "--force"])
+
+    configs = [str(write_cluster(work / "many" / f"c{i:03d}", f"cluster{i:03d}", 3, algorithm="rsa-2048",
+                                 per_master=True)) for i in range(100)]
+    many_runs = max(1, min(runs, 3))
+    timings["100-clusters"] = measure("build 100 clusters x 3 masters, rsa-2048, one run",
+                                      KCMBUNDLE + ["build", *configs, "--out", str(work / "out-many"), "--force"],
+                                      cwd=work, runs=many_runs)
+
+    keygen = rsa_keygen_seconds()
+    print(f"{'RSA-2048 key generation, one key in-process':<58} mean   {keygen:7.3f} s")
+
+    kubectl = find_kubectl()
+    have_pipeline = shutil.which("cfssl") and shutil.which("cfssljson") and kubectl
+    if have_pipeline:
+        prepare_pipeline(work)
+        for masters in (3, 30):
+            script = work / f"pipeline-{masters}.sh"
+            script.write_text(pipeline_script(work, masters, kubectl))
+            time_case(f"pipeline-{masters}", f"hand-run pipeline, {masters} masters", ["bash", str(script)])
+
+    return render_report(timings, keygen, bool(have_pipeline), runs)
+
+
+def render_report(timings: dict[str, Timing], keygen: float, have_pipeline: bool, runs: int) -> str:
+    def median(key: str) -> float:
+        return timings[key].median
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured by `bench/run.py --runs {runs}` on {machine_description()}.",
+        "Wall time of whole processes: median of the timed runs after one warm-up, with min and max.",
+        "",
+        "| case | median s | min s | max s | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for timing in timings.values():
+        lines.append(f"| {timing.name} | {timing.median:.3f} | {min(timing.samples):.3f} | "
+                     f"{max(timing.samples):.3f} | {timing.peak_rss_mib or 0:.0f} |")
+    lines += ["", f"RSA-2048 key generation: {keygen * 1000:.1f} ms a key (in-process mean of 20).", "",
+              "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+
+    def target(text: str, value: float, limit: float) -> None:
+        lines.append(f"| {text} | {value:.2f} (limit {limit}) | {'yes' if value <= limit else 'no'} |")
+
+    if have_pipeline:
+        target("3 masters per-master rsa-2048 / pipeline", median("3-rsa") / median("pipeline-3"), 0.5)
+        target("30 masters per-master rsa-2048 / pipeline", median("30-rsa") / median("pipeline-30"), 0.2)
+    else:
+        lines.append("| pipeline ratios | cfssl, cfssljson or a plain kubectl not installed | not measured |")
+    target("100 clusters x 3 / (300 x one RSA-2048 key generation)", median("100-clusters") / (300 * keygen), 0.65)
+    target("--version / python -c pass", median("version") / median("python"), 2.0)
+    target("--help / python -c pass", median("help") / median("python"), 2.0)
+    target("validate / python -c 'import cryptography.x509'", median("validate") / median("import"), 1.5)
+    peak = timings["100-clusters"].peak_rss_mib or 0
+    lines.append(f"| peak memory of the 100-cluster run | {peak:.0f} MiB (limit 150) | {'yes' if peak <= 150 else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Generate many private keys at once, spread over the machine's cores.
+
+RSA key generation dominates a large build (bench/RESULTS.md records the
+time per RSA-2048 key on the benchmark machine), so keys are made in worker
+processes, one per core, when there are enough of them to pay for starting
+the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
+
+from cryptography.hazmat.primitives import serialization
+
+from kcmbundle.pki import PrivateKey, generate_private_key
+
+logger = logging.getLogger(__name__)
+
+MIN_KEYS_FOR_POOL = 4
+"""Fewer keys than this are made in-process: starting workers would cost more than it saves."""
+
+
+def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
+                  workers: int | None = None) -> list[PrivateKey]:
+    """Return one new key per algorithm name in ``requests``, in the same order.
+
+    A ``key_factory`` other than the default (such as the fixed keys of the
+    tests) is called in order in this process, so injected keys come out the
+    same however many cores the machine has.
+    """
+    workers = workers or _usable_cores()
+    if key_factory is not generate_private_key or len(requests) < MIN_KEYS_FOR_POOL or workers < 2:
+        return [key_factory(algorithm) for algorithm in requests]
+
+    logger.debug("generating %d keys in %d worker processes", len(requests), workers)
+    with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context()) as pool:
+        encoded = list(pool.map(_generate_der, requests, chunksize=max(1, len(requests) // (workers * 4))))
+
+    # The workers generated these keys a moment ago, so OpenSSL's RSA
+    # consistency check (about 70 ms a key) would only repeat their work.
+    return [serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+            for der in encoded]  # type: ignore[misc]
+
+
+def _generate_der(algorithm: str) -> bytes:
+    key = generate_private_key(algorithm)
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts a worker in milliseconds; the CLI runs no other threads at
+    # this point, so fork's hazards with threads do not apply.
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
