@@ -11,13 +11,17 @@ top folder ``<cluster>-<master>/``::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
+import shlex
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kcmbundle import __version__
-from kcmbundle.config import Config, Master
+from kcmbundle.checks import host_for_url
+from kcmbundle.config import BinarySource, Config, Master
+from kcmbundle.errors import ConfigError, Problem
 from kcmbundle.kubeconfig import build_kubeconfig, dump_kubeconfig
 from kcmbundle.pki import (CA, IssuedCertificate, Seams, build_sans, build_subject, check_ca_outlives,
                            describe_key, issue_certificate, iso_time, san_strings)
@@ -72,11 +76,13 @@ class Bundle:
         raise KeyError(path)
 
 
-def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams = Seams()) -> list[Bundle]:
+def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams = Seams(),
+                 signer: Callable[[bytes], bytes] | None = None) -> list[Bundle]:
     """Sign certificates and lay out the bundle of each master in ``masters``.
 
     With ``certificate.perMaster`` false, one key and certificate naming every
-    master is shared by all bundles, as the classic guide does.
+    master is shared by all bundles, as the classic guide does. With a
+    ``signer``, each bundle also gets SHA256SUMS.sig, its signature of SHA256SUMS.
 
     Raises:
         CAError: the CA expires before the certificates would.
@@ -89,22 +95,38 @@ def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams
     if not config.certificate.per_master:
         shared = _issue(config, ca, config.masters, seams, now)
 
+    binary = None if config.binary is None else _read_binary(config.binary)
+
     bundles = []
     for master in masters:
         issued = shared or _issue(config, ca, [master], seams, now)
-        bundles.append(_plan_one(config, ca, master, issued, flags))
+        bundles.append(_plan_one(config, ca, master, issued, flags, binary, signer))
     return bundles
 
 
+def _read_binary(source: BinarySource) -> bytes:
+    # load_config checked the checksum already; checking the bytes actually
+    # bundled catches a file replaced since then.
+    try:
+        content = source.path.read_bytes()
+    except OSError as error:
+        raise ConfigError([Problem("binary.path", f"failed to read {source.path}: {error.strerror}",
+                                   "Check the file and its permissions", str(source.path))]) from None
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != source.sha256:
+        raise ConfigError([Problem("binary.sha256", f"does not match {source.path}, whose SHA-256 is {actual}",
+                                   "Download the binary again and compare it with the release's checksum, "
+                                   "then set binary.sha256 to that checksum", source.sha256)])
+    return content
+
+
 def _issue(config: Config, ca: CA, masters: Sequence[Master], seams: Seams, now) -> IssuedCertificate:
-    names = ["localhost", *(master.name for master in masters), "127.0.0.1",
-             *(str(master.ip) for master in masters), *config.certificate.extra_sans]
     key = seams.key_factory(config.certificate.key_algorithm)
     issued = issue_certificate(
         ca,
         key,
         subject=build_subject(config.certificate.subject),
-        sans=build_sans(names),
+        sans=build_sans(certificate_names(config, masters)),
         now=now,
         validity=config.certificate.validity,
         serial=seams.serial(),
@@ -114,35 +136,62 @@ def _issue(config: Config, ca: CA, masters: Sequence[Master], seams: Seams, now)
     return issued
 
 
-def _plan_one(config: Config, ca: CA, master: Master, issued: IssuedCertificate, flags: list[Flag]) -> Bundle:
+def certificate_names(config: Config, masters: Sequence[Master]) -> list[str]:
+    """Return the names and addresses a certificate for ``masters`` covers, before ``build_sans`` orders them."""
+    return ["localhost", *(master.name for master in masters), "127.0.0.1",
+            *(str(master.ip) for master in masters), *config.certificate.extra_sans]
+
+
+def _plan_one(config: Config, ca: CA, master: Master, issued: IssuedCertificate, flags: list[Flag],
+              binary: bytes | None, signer: Callable[[bytes], bytes] | None) -> Bundle:
+    files = lay_out_files(config, master, flags, binary, ca_pem=ca.pem, cert_pem=issued.cert_pem,
+                          key_pem=issued.key_pem, certificate=describe_issued(config, issued), signer=signer)
+    return Bundle(cluster=config.cluster.name, master=master, issued=issued, files=files)
+
+
+def lay_out_files(config: Config, master: Master, flags: list[Flag], binary: bytes | None, *, ca_pem: bytes,
+                  cert_pem: bytes, key_pem: bytes, certificate: dict,
+                  signer: Callable[[bytes], bytes] | None = None) -> tuple[BundleFile, ...]:
+    """Lay out every file of ``master``'s bundle from the given PEM texts.
+
+    ``certificate`` is the manifest's certificate section (see
+    ``describe_issued``). ``kcmbundle render`` passes placeholder texts here,
+    so this function must not parse them.
+    """
     paths = config.paths
     kubeconfig = build_kubeconfig(
         cluster_name=config.cluster.name,
         server=config.cluster.api_server.url_for(master),
-        ca_pem=ca.pem,
-        cert_pem=issued.cert_pem,
-        key_pem=issued.key_pem,
+        ca_pem=ca_pem,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
     )
     installed = [
-        _installed(str(paths.ca_cert), ca.pem, MODE_PUBLIC),
-        _installed(str(paths.cert), issued.cert_pem, MODE_PUBLIC),
-        _installed(str(paths.key), issued.key_pem, MODE_PRIVATE),
+        _installed(str(paths.ca_cert), ca_pem, MODE_PUBLIC),
+        _installed(str(paths.cert), cert_pem, MODE_PUBLIC),
+        _installed(str(paths.key), key_pem, MODE_PRIVATE),
         # The kubeconfig embeds the private key, so it is as secret as the key file.
         _installed(str(paths.kubeconfig), dump_kubeconfig(kubeconfig), MODE_PRIVATE),
         _installed(str(paths.unit), render_unit(config, master, flags).encode(), MODE_PUBLIC),
     ]
+    if binary is not None:
+        installed.append(_installed(str(paths.binary), binary, MODE_EXECUTABLE))
     installed.sort(key=lambda bundle_file: bundle_file.path)
 
-    manifest = build_manifest(config, master, issued, installed, flags)
+    manifest = manifest_for(config, master, certificate, installed, flags)
     manifest_file = BundleFile("MANIFEST.json", _dump_json(manifest), MODE_PUBLIC)
-    context = {"manifest": manifest, "top": f"{config.cluster.name}-{master.name}"}
+    # shell_quote lets install.sh.j2 quote every value it writes into the script.
+    context = {"manifest": manifest, "top": f"{config.cluster.name}-{master.name}", "shell_quote": shlex.quote}
     install_script = BundleFile("install.sh", render("install.sh.j2", **context).encode(), MODE_EXECUTABLE)
     readme = BundleFile("README.txt", render("README.txt.j2", **context).encode(), MODE_PUBLIC)
 
     files = [install_script, manifest_file, readme, *installed]
-    files.append(BundleFile("SHA256SUMS", _checksums(files), MODE_PUBLIC))
+    checksums = _checksums(files)
+    files.append(BundleFile("SHA256SUMS", checksums, MODE_PUBLIC))
+    if signer is not None:
+        files.append(BundleFile("SHA256SUMS.sig", signer(checksums), MODE_PUBLIC))
     files.sort(key=lambda bundle_file: bundle_file.path)
-    return Bundle(cluster=config.cluster.name, master=master, issued=issued, files=tuple(files))
+    return tuple(files)
 
 
 def _installed(install_path: str, content: bytes, mode: int) -> BundleFile:
@@ -152,43 +201,85 @@ def _installed(install_path: str, content: bytes, mode: int) -> BundleFile:
 def build_manifest(config: Config, master: Master, issued: IssuedCertificate,
                    installed: list[BundleFile], flags: list[Flag]) -> dict:
     """Return the MANIFEST.json data: what the bundle is for and what it installs where."""
+    return manifest_for(config, master, describe_issued(config, issued), installed, flags)
+
+
+def describe_issued(config: Config, issued: IssuedCertificate) -> dict:
+    """Return the manifest's certificate section for ``issued``."""
     certificate = issued.certificate
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "issuer": certificate.issuer.rfc4514_string(),
+        "serial": format(certificate.serial_number, "x"),
+        "sans": san_strings(certificate),
+        "keyAlgorithm": describe_key(issued.key),
+        "notBefore": iso_time(certificate.not_valid_before_utc),
+        "notAfter": iso_time(certificate.not_valid_after_utc),
+        "shared": not config.certificate.per_master,
+    }
+
+
+def manifest_for(config: Config, master: Master, certificate: dict, installed: list[BundleFile],
+                 flags: list[Flag]) -> dict:
+    """Return the MANIFEST.json data with ``certificate`` as its certificate section."""
     secure_port = int(flag_value(flags, "secure-port", str(DEFAULT_SECURE_PORT)))
+    bind_address = flag_value(flags, "bind-address", "0.0.0.0")
+    # A key file is required on the host only while its flag is in the unit;
+    # extraArgs may remove either flag with null (see cluster_checks).
+    host_files = [
+        {"path": value, "purpose": f"{purpose} (--{name})"}
+        for name, purpose in (("cluster-signing-key-file", "cluster signing CA key"),
+                              ("service-account-private-key-file", "service-account signing key"))
+        if (value := flag_value(flags, name, "")) != ""
+    ]
+    if config.binary is None:
+        host_files.append({"path": str(config.paths.binary), "purpose": "kube-controller-manager binary"})
     return {
         "kcmbundle": __version__,
         "cluster": config.cluster.name,
         "kubernetesVersion": str(config.cluster.version),
         "master": {"name": master.name, "ip": str(master.ip)},
         "apiServer": config.cluster.api_server.url_for(master),
-        "certificate": {
-            "subject": certificate.subject.rfc4514_string(),
-            "issuer": certificate.issuer.rfc4514_string(),
-            "serial": format(certificate.serial_number, "x"),
-            "sans": san_strings(certificate),
-            "keyAlgorithm": describe_key(issued.key),
-            "notBefore": iso_time(certificate.not_valid_before_utc),
-            "notAfter": iso_time(certificate.not_valid_after_utc),
-            "shared": not config.certificate.per_master,
-        },
+        "certificate": certificate,
         "service": {
             "unit": config.paths.unit.name,
+            "unitFile": str(config.paths.unit),
             "binary": str(config.paths.binary),
             "workingDir": str(config.paths.working_dir),
             "securePort": secure_port,
-            "bindAddress": flag_value(flags, "bind-address", "0.0.0.0"),
+            "bindAddress": bind_address,
             "caFile": str(config.paths.ca_cert),
+            "healthzUrl": f"https://{_probe_host(bind_address)}:{secure_port}/healthz",
         },
-        "hostFiles": [
-            {"path": str(config.paths.cluster_signing_key), "purpose": "cluster signing CA key (--cluster-signing-key-file)"},
-            {"path": str(config.paths.service_account_key), "purpose": "service-account signing key (--service-account-private-key-file)"},
-            {"path": str(config.paths.binary), "purpose": "kube-controller-manager binary"},
-        ],
+        "binary": _binary_entry(config, installed),
+        "hostFiles": host_files,
         "files": [
             {"path": f.path, "installPath": f.install_path, "mode": format(f.mode, "04o"),
              "owner": "root:root", "sha256": f.sha256}
             for f in installed
         ],
     }
+
+
+def _probe_host(bind_address: str) -> str:
+    """Return the URL host install.sh probes: loopback for a wildcard bind address, else the address."""
+    try:
+        address = ipaddress.ip_address(bind_address)
+    except ValueError:
+        # kube-controller-manager only accepts an IP; it fails to start on
+        # anything else, and the probe reports that.
+        return "127.0.0.1"
+    if address.is_unspecified:
+        return "127.0.0.1"
+    return host_for_url(address)
+
+
+def _binary_entry(config: Config, installed: list[BundleFile]) -> dict | None:
+    if config.binary is None:
+        return None
+    binary_file = next(f for f in installed if f.install_path == str(config.paths.binary))
+    return {"path": binary_file.path, "installPath": binary_file.install_path, "version": config.binary.version,
+            "versionLine": config.binary.version_line, "sha256": binary_file.sha256}
 
 
 def _dump_json(data: dict) -> bytes:

@@ -7,6 +7,7 @@ paths the schema flagged, so that one mistake gives one line.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -54,6 +55,11 @@ FLAGS_OWNED_BY_FIELDS = {
     "v": "controllerManager.verbosity",
 }
 
+# Owned flags that extraArgs may still remove with null, which turns off the
+# controller that reads them; cluster_checks requires that controller to be
+# disabled in --controllers too, so the choice is explicit.
+REMOVABLE_OWNED_FLAGS = frozenset({"cluster-signing-key-file", "service-account-private-key-file"})
+
 
 def host_for_url(ip: IPAddress) -> str:
     """Return ``ip`` as a URL host: IPv6 addresses go in brackets."""
@@ -85,6 +91,7 @@ def check_document(document: dict[str, Any], reported: set[str] | frozenset[str]
     _check_certificate(_object(document.get("certificate")), problems)
     _check_paths(_object(document.get("paths")), problems)
     _check_controller_manager(document, problems)
+    _check_binary(_object(document.get("binary")), cluster, problems)
 
     seen: set[str] = set()
     unique = []
@@ -182,12 +189,7 @@ def _check_node_mask(cluster: dict[str, Any], pods: list[IPNetwork], problems: l
                                 "Remove it and set node-cidr-mask-size-ipv4 and node-cidr-mask-size-ipv6 "
                                 "in controllerManager.extraArgs", mask))
         return
-    pod_network = pods[0]
-    if mask <= pod_network.prefixlen or mask > pod_network.max_prefixlen:
-        problems.append(Problem(
-            path, f"must be longer than the clusterCIDR prefix /{pod_network.prefixlen} "
-                  f"and at most {pod_network.max_prefixlen}",
-            f"Use a value from {pod_network.prefixlen + 1} to {pod_network.max_prefixlen}, or widen clusterCIDR", mask))
+    # cluster_checks compares the mask with clusterCIDR, because extraArgs can set it too.
 
 
 def _check_api_server(api: dict[str, Any], problems: list[Problem]) -> None:
@@ -295,7 +297,11 @@ def _check_ca(ca: dict[str, Any], problems: list[Problem]) -> None:
     # Existence only; pki.load_ca reads and checks the contents.
     for field in ("cert", "key"):
         value = ca.get(field)
-        if isinstance(value, str) and value and "\x00" in value:
+        if isinstance(value, str) and "-----BEGIN" in value:
+            # The value is PEM text pasted in place of a file name, possibly the CA key: never show it.
+            problems.append(Problem(f"ca.{field}", "holds PEM text instead of a file path (value not shown)",
+                                    "Save the PEM in a file and give its path, such as pki/ca.pem"))
+        elif isinstance(value, str) and value and "\x00" in value:
             problems.append(Problem(f"ca.{field}", "invalid path", "Remove the NUL character", value))
 
 
@@ -399,12 +405,67 @@ def _check_controller_manager(document: dict[str, Any], problems: list[Problem])
         return
     for name, value in args.items():
         path = f"controllerManager.extraArgs.{name}"
-        if name in FLAGS_OWNED_BY_FIELDS:
+        if name in FLAGS_OWNED_BY_FIELDS and not (value is None and name in REMOVABLE_OWNED_FLAGS):
             problems.append(Problem(path, "is set by a config field",
                                     f"Remove it and set {FLAGS_OWNED_BY_FIELDS[name]} instead", value))
         elif isinstance(value, str) and any(ord(character) < 32 or ord(character) == 127 for character in value):
             problems.append(Problem(path, "contains a newline or control character",
                                     "Write the value on one line without control characters", value))
+
+
+def _check_binary(binary: dict[str, Any], cluster: dict[str, Any], problems: list[Problem]) -> None:
+    path = binary.get("path")
+    if isinstance(path, str) and "\x00" in path:
+        problems.append(Problem("binary.path", "invalid path", "Remove the NUL character", path))
+
+    version = binary.get("version")
+    cluster_version = cluster.get("kubernetesVersion")
+    if not isinstance(version, str) or not isinstance(cluster_version, str):
+        return
+    try:
+        cluster_release = parse_kubernetes_version(cluster_version)
+    except ValueError:
+        return  # reported at cluster.kubernetesVersion
+    try:
+        binary_release = parse_kubernetes_version(version)
+    except ValueError as error:
+        problems.append(Problem("binary.version", str(error), "Use the binary of a supported release", version))
+        return
+    same_minor = binary_release.minor_version == cluster_release.minor_version
+    same_patch = cluster_release.patch is None or cluster_release.patch == binary_release.patch
+    if not (same_minor and same_patch):
+        problems.append(Problem(
+            "binary.version", f"does not match cluster.kubernetesVersion {cluster_version}",
+            "Bundle the binary of the cluster's release, or correct cluster.kubernetesVersion", version))
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of the file at ``path`` as lowercase hex, reading it in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_binary_file(path: Path, sha256: str) -> list[Problem]:
+    """Return problems for a bundled binary that is missing, unreadable or not the expected file."""
+    if not path.exists():
+        return [Problem("binary.path", f"file not found: {path}",
+                        "Check the path (relative to the config file) of the kube-controller-manager binary",
+                        str(path))]
+    if not path.is_file():
+        return [Problem("binary.path", f"not a regular file: {path}", "Point it at the binary itself", str(path))]
+    try:
+        actual = file_sha256(path)
+    except OSError as error:
+        return [Problem("binary.path", f"file not readable: {path}: {error.strerror}",
+                        "Run kcmbundle as a user who can read it, or fix its permissions", str(path))]
+    if actual != sha256.lower():
+        return [Problem("binary.sha256", f"does not match {path}, whose SHA-256 is {actual}",
+                        "Download the binary again and compare it with the release's checksum, "
+                        "then set binary.sha256 to that checksum", sha256)]
+    return []
 
 
 def _dns_label_fix() -> str:

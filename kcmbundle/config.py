@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from kcmbundle import checks, schema
 from kcmbundle.durations import parse_duration
-from kcmbundle.errors import ConfigError, Problem
+from kcmbundle.errors import NO_VALUE, ConfigError, Problem
 from kcmbundle.versions import KubernetesVersion, parse_kubernetes_version
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -72,6 +73,8 @@ class Cluster:
     cluster_cidrs: tuple[IPNetwork, ...]
     node_cidr_mask_size: int | None
     api_server: ApiServer
+    expected_nodes: int | None = None
+    """Planned node count that the pod range must hold a subnet for; None means the number of masters."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,22 @@ class ControllerManagerSettings:
 
 
 @dataclass(frozen=True)
+class BinarySource:
+    """A kube-controller-manager binary on this machine that every bundle carries."""
+
+    path: Path
+    sha256: str
+    """Expected SHA-256 of the file, lowercase hex."""
+    version: str
+    """The release the binary reports, with a leading v, such as ``v1.30.4``."""
+
+    @property
+    def version_line(self) -> str:
+        """The line that ``kube-controller-manager --version`` prints for this release."""
+        return f"Kubernetes {self.version}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A checked cluster config."""
 
@@ -141,6 +160,8 @@ class Config:
     certificate: CertificateSettings
     paths: HostPaths
     controller_manager: ControllerManagerSettings
+    binary: BinarySource | None = None
+    """The binary the bundles install, or None when it is already on the masters."""
 
     def master(self, name: str) -> Master:
         """Return the master called ``name``.
@@ -165,9 +186,34 @@ def load_config(path: Path) -> Config:
     problems = schema.validate(document)
     problems += checks.check_document(document, reported={p.path for p in problems})
     if problems:
-        raise ConfigError(problems, summary=f"{path}: invalid config")
+        raise ConfigError([_hide_secret_value(p) for p in problems], summary=f"{path}: invalid config")
 
-    return _convert(document, path.resolve())
+    config = _convert(document, path.resolve())
+    if config.binary is not None:
+        problems = checks.check_binary_file(config.binary.path, config.binary.sha256)
+        if problems:
+            raise ConfigError(problems, summary=f"{path}: invalid config")
+    return config
+
+
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _hide_secret_value(problem: Problem) -> Problem:
+    """Drop the value from ``problem`` when it may be a secret.
+
+    That is key material pasted into any field, or a ``ca.passphraseEnv``
+    that is not a variable name and so may be the passphrase itself.
+    """
+    value = problem.value
+    if value is NO_VALUE:
+        return problem
+    pasted_key = "PRIVATE KEY" in json.dumps(value, default=str)
+    passphrase = (problem.path == "ca.passphraseEnv" and isinstance(value, str)
+                  and not _ENVIRONMENT_NAME.fullmatch(value))
+    if pasted_key or passphrase:
+        return replace(problem, message=f"{problem.message} (value not shown: it may be a secret)", value=NO_VALUE)
+    return problem
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -220,6 +266,9 @@ def _read_bytes(path: Path) -> bytes:
 
 def _json_fix(error: json.JSONDecodeError) -> str:
     before = error.doc[: error.pos].rstrip()
+    if not before:
+        return ("The file does not start like JSON; write the config as one JSON object (YAML is not read), "
+                "or run 'kcmbundle init' for a starter")
     if error.msg.startswith("Expecting property name") or (
         error.msg.startswith("Expecting value") and before.endswith(",")
     ):
@@ -239,6 +288,7 @@ def _convert(document: dict[str, Any], source: Path) -> Config:
     paths = {**DEFAULT_PATHS, **document.get("paths", {})}
     manager = document.get("controllerManager", {})
     ca = document["ca"]
+    binary = document.get("binary")
 
     return Config(
         source=source,
@@ -248,6 +298,7 @@ def _convert(document: dict[str, Any], source: Path) -> Config:
             service_cidrs=checks.parse_cidrs(cluster["serviceCIDR"]),
             cluster_cidrs=checks.parse_cidrs(cluster.get("clusterCIDR", "")),
             node_cidr_mask_size=cluster.get("nodeCIDRMaskSize"),
+            expected_nodes=cluster.get("expectedNodes"),
             api_server=ApiServer(
                 mode=api.get("mode", "node-local"),
                 port=api.get("port", 6443),
@@ -283,5 +334,10 @@ def _convert(document: dict[str, Any], source: Path) -> Config:
             leader_elect=manager.get("leaderElect", True),
             verbosity=manager.get("verbosity", 2),
             extra_args=tuple(manager.get("extraArgs", {}).items()),
+        ),
+        binary=None if binary is None else BinarySource(
+            path=base / binary["path"],
+            sha256=binary["sha256"].lower(),
+            version="v" + binary["version"].removeprefix("v"),
         ),
     )
