@@ -12,15 +12,20 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from kcmbundle.archive import discard, publish, stage_file, tarball_bytes
+from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
 from kcmbundle.bundle import Bundle, plan_bundles
+from kcmbundle.cluster_checks import ClusterReport, assert_same_units, check_cluster
 from kcmbundle.config import Config, Master, load_config
 from kcmbundle.errors import OutputError, UsageError
-from kcmbundle.pki import CA, Seams, load_ca
+from kcmbundle.lock import locked_folder
+from kcmbundle.pki import CA, Seams, check_ca_outlives, load_ca
 
 logger = logging.getLogger(__name__)
+
+Planner = Callable[[Config, CA, Sequence[Master], Seams, Callable[[bytes], bytes] | None], list[Bundle]]
+"""Signs and lays out the bundles of the given masters, like ``bundle.plan_bundles``."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,22 @@ def archive_mtime(seams: Seams) -> int:
     return int(value)
 
 
-def load_and_check(config_path: Path, seams: Seams) -> tuple[Config, CA]:
-    """Load the config and its CA, raising ``ConfigError`` or ``CAError`` on any problem."""
+def load_and_check(config_path: Path, seams: Seams, *, strict: bool = False,
+                   on_report: Callable[[ClusterReport], None] | None = None) -> tuple[Config, CA]:
+    """Load the config and its CA, raising ``ConfigError`` or ``CAError`` on any problem.
+
+    This includes the whole-cluster checks of ``cluster_checks.check_cluster``,
+    whose warnings and notes go to ``on_report`` once (``strict`` makes the
+    warnings errors), and the CA expiring before a certificate issued now
+    would, so that ``validate`` reports it too.
+    """
     config = load_config(config_path)
-    ca = load_ca(config.ca, seams.clock())
+    report = check_cluster(config, strict=strict)
+    if on_report is not None:
+        on_report(report)
+    now = seams.clock()
+    ca = load_ca(config.ca, now)
+    check_ca_outlives(ca, now + config.certificate.validity)
     return config, ca
 
 
@@ -82,23 +99,44 @@ def build(
     masters: Sequence[str] = (),
     force: bool = False,
     seams: Seams = Seams(),
+    sign_key: Path | None = None,
+    planner: Planner | None = None,
+    strict: bool = False,
+    on_report: Callable[[ClusterReport], None] | None = None,
 ) -> list[BuildResult]:
     """Build and write the tarballs of the selected masters.
+
+    ``sign_key`` adds SHA256SUMS.sig, signed with that Ed25519 key, to each
+    bundle. ``planner`` replaces ``plan_bundles``; ``kcmbundle renew`` uses
+    it to reuse old keys. ``strict`` and ``on_report`` are as for
+    ``load_and_check``.
 
     Raises:
         ConfigError, CAError, UsageError: the input is invalid; nothing was written.
         OutputError: a tarball exists and ``force`` is false, or writing failed;
         no tarball was replaced.
     """
-    config, ca = load_and_check(config_path, seams)
-    selected = select_masters(config, masters)
-    targets = {master.name: bundle_path(out_dir, config, master) for master in selected}
-    if not force:
-        _reject_existing(list(targets.values()))
+    signer = None
+    if sign_key is not None:
+        from kcmbundle.signing import load_signer
 
+        signer = load_signer(sign_key)
+    config, ca = load_and_check(config_path, seams, strict=strict, on_report=on_report)
+    selected = select_masters(config, masters)
     mtime = archive_mtime(seams)
-    bundles = plan_bundles(config, ca, selected, seams)
-    return _write_all(bundles, targets, mtime, force=force)
+    targets = {master.name: bundle_path(out_dir, config, master) for master in selected}
+
+    # Nothing is created in the output folder before the input is known to be valid.
+    cluster_dir = out_dir / config.cluster.name
+    with locked_folder(cluster_dir):
+        for path in remove_stale_temporaries(cluster_dir, ".tar.gz"):
+            logger.debug("removed %s, left by an interrupted build", path)
+        if not force:
+            _reject_existing(list(targets.values()))
+        bundles = (planner or plan_bundles)(config, ca, selected, seams, signer)
+        unit_path = "rootfs" + str(config.paths.unit)
+        assert_same_units({bundle.master.name: bundle.file(unit_path).content.decode() for bundle in bundles})
+        return _write_all(bundles, targets, mtime, force=force)
 
 
 def _reject_existing(paths: list[Path]) -> None:

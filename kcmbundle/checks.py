@@ -55,9 +55,9 @@ FLAGS_OWNED_BY_FIELDS = {
     "v": "controllerManager.verbosity",
 }
 
-# Owned flags that extraArgs may still remove with null, which turns off the
-# controller that reads them; cluster_checks requires that controller to be
-# disabled in --controllers too, so the choice is explicit.
+# Owned flags that extraArgs may still remove with null. cluster_checks then
+# requires the controller that reads the key to be disabled in --controllers
+# (or, for the signing key, per-signer files), so that turning it off is explicit.
 REMOVABLE_OWNED_FLAGS = frozenset({"cluster-signing-key-file", "service-account-private-key-file"})
 
 

@@ -9,6 +9,7 @@ with their code, so no input error ends in a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,10 @@ from kcmbundle.errors import ExitCode, KcmbundleError
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 internal error (a bug: please report it); "
     "2 invalid command line or config; 3 unusable CA certificate or key; "
-    "4 output problem, such as an existing bundle without --force."
+    "4 output problem, such as an existing bundle without --force; "
+    "5 bundle check failed: verify found a problem, check-expiration found a certificate "
+    "expired or expiring within --warn-days, or a bundle is unsafe or unreadable. "
+    "diff exits 0 when the bundles are the same and 1 when they differ, as diff(1) does."
 )
 
 CONFIG_HELP = "Cluster config file (JSON)."
@@ -79,9 +83,20 @@ def _reporting_errors() -> Iterator[None]:
         for line in error.lines():
             print(f"error: {line}", file=sys.stderr)
         raise typer.Exit(code=int(error.exit_code)) from None
-    except KeyboardInterrupt:
-        print("error: interrupted; no bundle was replaced", file=sys.stderr)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as interrupt:
+        # The finally blocks inside the command have run by now and removed their temporary files.
+        terminated = isinstance(interrupt, Terminated)
+        print(f"error: interrupted by {'SIGTERM' if terminated else 'SIGINT'}; temporary files were removed "
+              "and no partial bundle was written", file=sys.stderr)
+        raise typer.Exit(code=143 if terminated else 130) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs; the exit code is 143 instead of 130."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 @app.command()
@@ -118,14 +133,28 @@ def ca_init(
         progress("ca", f"wrote {cert_path} and {key_path} (mode 0600)")
 
 
+STRICT_HELP = "Treat warnings about the config as errors (exit 2)."
+
+
+def _print_cluster_report(report) -> None:
+    """Print the warnings and notes of ``cluster_checks.check_cluster`` to stderr."""
+    for problem in report.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    for problem in report.notes:
+        print(f"note: {problem}", file=sys.stderr)
+
+
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help=CONFIG_HELP)]) -> None:
-    """Check a config and its CA, printing every problem found."""
+def validate(
+    config: Annotated[Path, typer.Argument(help=CONFIG_HELP)],
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+) -> None:
+    """Check a config and its CA, printing every problem found, then warnings and notes."""
     from kcmbundle.build import load_and_check
     from kcmbundle.pki import Seams
 
     with _reporting_errors():
-        loaded, ca = load_and_check(config, Seams())
+        loaded, ca = load_and_check(config, Seams(), strict=strict, on_report=_print_cluster_report)
         progress("validate", f"{config}: valid; cluster {loaded.cluster.name}, "
                              f"{len(loaded.masters)} master(s), Kubernetes {loaded.cluster.version}")
 
@@ -137,17 +166,213 @@ def build(
     master: Annotated[Optional[list[str]], typer.Option(
         "--master", help="Build only this master; repeat for several.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
+    sign_key: Annotated[Optional[Path], typer.Option(
+        "--sign-key", help="Ed25519 private key (PEM) to sign SHA256SUMS with; adds SHA256SUMS.sig.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Build one tarball per master, printing each bundle's sha256 and certificate expiry."""
     from kcmbundle.build import build as build_bundles
     from kcmbundle.pki import iso_time
 
     with _reporting_errors():
-        results = build_bundles(config, out, masters=master or (), force=force)
+        results = build_bundles(config, out, masters=master or (), force=force, sign_key=sign_key,
+                                strict=strict, on_report=_print_cluster_report)
         for result in results:
             certificate = result.bundle.issued.certificate
             progress("bundle", f"{result.bundle.master.name}: wrote {result.path}")
             print(f"{result.sha256}  {result.path}  notAfter={iso_time(certificate.not_valid_after_utc)}")
+
+
+def _now():
+    # Looked up at call time so that tests can fix the clock by patching pki.utc_now.
+    from kcmbundle import pki
+
+    return pki.utc_now()
+
+
+BUNDLE_HELP = "Bundle tarball (.tar.gz), or the folder unpacked from one."
+WARN_DAYS_HELP = "Fail when a certificate expires within this many days."
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help=BUNDLE_HELP)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show a bundle's manifest, certificates, unit flags and files, without unpacking it."""
+    import json
+
+    from kcmbundle.inspection import format_inspection, inspect_bundle
+    from kcmbundle.reader import read_bundle
+
+    with _reporting_errors():
+        report = inspect_bundle(read_bundle(bundle), _now())
+        sys.stdout.write(json.dumps(report, indent=2) + "\n" if as_json else format_inspection(report))
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help=BUNDLE_HELP)],
+    ca: Annotated[Optional[Path], typer.Option(
+        "--ca", help="Trusted CA certificate (PEM); default: the bundle's own ca.pem.")] = None,
+    warn_days: Annotated[int, typer.Option("--warn-days", min=0, help=WARN_DAYS_HELP)] = 30,
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", help="Ed25519 public key (PEM); require SHA256SUMS.sig to be its valid signature.")] = None,
+) -> None:
+    """Check a bundle before installing it; list every failure and exit 5 if there is one.
+
+    Checks: checksums, the signature (with --key), the certificate's chain to
+    the CA and its key, the kubeconfig's embedded CA, certificate and key, the
+    master's IP in the SANs, and expiry.
+    """
+    from kcmbundle.reader import read_bundle
+    from kcmbundle.signing import read_public_key
+    from kcmbundle.verification import verify_bundle
+
+    with _reporting_errors():
+        ca_pem = _read_ca_option(ca) if ca is not None else None
+        public_key = read_public_key(key) if key is not None else None
+        passed = verify_bundle(read_bundle(bundle), now=_now(), warn_days=warn_days, ca_pem=ca_pem,
+                               ca_source=str(ca), signing_key_pem=public_key)
+        for line in passed:
+            print(f"ok: {line}")
+        progress("verify", f"{bundle}: all checks passed")
+
+
+def _read_ca_option(path: Path) -> bytes:
+    from kcmbundle.errors import UsageError
+
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"--ca {path}: could not be read: {error.strerror}; pass the cluster CA's PEM file") from None
+
+
+@app.command("check-expiration")
+def check_expiration(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Bundle tarballs, unpacked bundles, kubeconfigs, PEM files, or folders to search for them.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    warn_days: Annotated[int, typer.Option("--warn-days", min=0, help=WARN_DAYS_HELP)] = 30,
+) -> None:
+    """List every certificate's notAfter and days left, soonest first; exit 5 if one expires within --warn-days."""
+    import json
+
+    from kcmbundle.expiry import STATUS_OK, collect_expirations, format_expirations
+
+    with _reporting_errors():
+        entries = collect_expirations(paths, now=_now(), warn_days=warn_days)
+        sys.stdout.write(json.dumps(entries, indent=2) + "\n" if as_json else format_expirations(entries))
+        due = [entry for entry in entries if entry["status"] != STATUS_OK]
+        if due:
+            print(f"error: {len(due)} certificate(s) expired or expire within {warn_days} days; "
+                  "renew them with 'kcmbundle renew'", file=sys.stderr)
+            raise typer.Exit(code=int(ExitCode.BUNDLE_CHECK))
+
+
+@app.command()
+def render(
+    config: Annotated[Path, typer.Argument(help=CONFIG_HELP)],
+    master: Annotated[Optional[list[str]], typer.Option(
+        "--master", help="Render only this master; repeat for several.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the files under OUT/<cluster>-<master>/ instead of printing them.")] = None,
+) -> None:
+    """Print the text of every bundle file, with keys and certificates replaced by readable summaries.
+
+    No key is generated and the CA key is not read, so the output can be
+    committed and reviewed as a diff.
+    """
+    from kcmbundle.render import format_rendered, render_config, write_rendered
+
+    with _reporting_errors():
+        rendered = render_config(config, masters=master or ())
+        if out is None:
+            sys.stdout.write(format_rendered(rendered))
+        else:
+            for path in write_rendered(rendered, out):
+                progress("render", f"wrote {path}")
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="Old bundle, unpacked bundle, folder of bundles, or config.")],
+    new: Annotated[Path, typer.Argument(help="New bundle, unpacked bundle, folder of bundles, or config.")],
+) -> None:
+    """Compare two bundles as a reviewer would: text diffs, certificate field changes, files added and removed.
+
+    Exits 0 when they are the same and 1 when they differ, as diff(1) does.
+    """
+    from kcmbundle.review_diff import diff_paths
+
+    with _reporting_errors():
+        text, same = diff_paths(old, new, now=_now())
+        sys.stdout.write(text)
+        if not same:
+            raise typer.Exit(code=1)
+
+
+@app.command()
+def keygen(
+    directory: Annotated[Path, typer.Argument(help="Folder for signing-key.pem and signing-key.pub.pem.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
+) -> None:
+    """Create an Ed25519 key pair for signing bundles (private key mode 0600)."""
+    from kcmbundle.signing import generate_key_pair
+
+    with _reporting_errors():
+        private_path, public_path = generate_key_pair(directory, force=force)
+        progress("keygen", f"wrote {private_path} (mode 0600) and {public_path}")
+        progress("keygen", f"sign with 'kcmbundle build --sign-key {private_path}'; give {public_path} "
+                           "to whoever installs the bundles")
+
+
+@app.command()
+def renew(
+    config: Annotated[Path, typer.Argument(help=CONFIG_HELP)],
+    old: Annotated[Path, typer.Option(
+        "--from", help="Folder of the bundles to renew, such as out/<cluster>/.")],
+    keep_keys: Annotated[bool, typer.Option(
+        "--keep-keys", help="Reuse the old private keys instead of generating new ones.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder; bundles go to OUT/<cluster>/.")] = Path("out"),
+    force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
+    sign_key: Annotated[Optional[Path], typer.Option(
+        "--sign-key", help="Ed25519 private key (PEM) to sign SHA256SUMS with.")] = None,
+) -> None:
+    """Issue new certificates with the same subject and SANs for the bundles in --from; all else stays the same."""
+    from kcmbundle.pki import iso_time
+    from kcmbundle.renew import renew_bundles
+
+    with _reporting_errors():
+        results = renew_bundles(config, old, out, keep_keys=keep_keys, force=force, sign_key=sign_key)
+        for result in results:
+            certificate = result.bundle.issued.certificate
+            progress("renew", f"{result.bundle.master.name}: wrote {result.path}")
+            print(f"{result.sha256}  {result.path}  notAfter={iso_time(certificate.not_valid_after_utc)}")
+
+
+@app.command()
+def flags(
+    version: Annotated[Optional[str], typer.Option(
+        "--version", help="Kubernetes version to list, such as 1.30; default: the newest that kcmbundle supports.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """List the kube-controller-manager flags of one Kubernetes minor: type, default, status, replacement."""
+    from kcmbundle.errors import UsageError
+    from kcmbundle.flags import render_table
+    from kcmbundle.versions import LAST_MINOR, parse_kubernetes_version, supported_range
+
+    with _reporting_errors():
+        minor = LAST_MINOR
+        if version is not None:
+            try:
+                minor = parse_kubernetes_version(version).minor
+            except ValueError as error:
+                message = str(error)
+                if supported_range() not in message:
+                    message += f". kcmbundle supports {supported_range()}"
+                raise UsageError(f"--version: {message}") from None
+        sys.stdout.write(render_table(minor, as_json))
 
 
 @app.command()
@@ -160,6 +385,7 @@ def schema() -> None:
 
 def main() -> None:
     """Run the CLI; the console script and ``python -m kcmbundle`` call this."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
     except KcmbundleError as error:  # raised outside a command, such as in a callback
