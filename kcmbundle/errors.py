@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     INVALID_CONFIG = 2
     INVALID_CA = 3
     OUTPUT = 4
+    BUNDLE_CHECK = 5
 
 
 class _Missing:
@@ -115,6 +116,18 @@ class OutputError(KcmbundleError):
     """An output cannot be written, or exists and ``--force`` was not given."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class BundleError(KcmbundleError):
+    """A bundle or certificate file cannot be read safely, or is not a kcmbundle bundle."""
+
+    exit_code = ExitCode.BUNDLE_CHECK
+
+
+class VerificationError(ProblemsError):
+    """A bundle failed one or more checks; each ``Problem`` names the file and the check."""
+
+    exit_code = ExitCode.BUNDLE_CHECK
 
 
 class UsageError(KcmbundleError):
