@@ -1,3 +1,3 @@
-from kcmbundle.cli import main
+from kcmbundle.entry import main
 
 main()

@@ -1,4 +1,4 @@
-"""Build the bundles of one cluster: check everything, plan every bundle, then write them all.
+"""Build the bundles of one cluster, or of many: check everything, plan every bundle, then write them all.
 
 Nothing is written until every master's bundle has been planned, and no
 tarball is renamed into place until all of them are staged, so a failure
@@ -11,16 +11,18 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
-from kcmbundle.bundle import Bundle, plan_bundles
+from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
 from kcmbundle.cluster_checks import ClusterReport, assert_same_units, check_cluster
 from kcmbundle.config import Config, Master, load_config
-from kcmbundle.errors import OutputError, UsageError
+from kcmbundle.errors import KcmbundleError, OutputError, UsageError
+from kcmbundle.keygen import generate_keys
 from kcmbundle.lock import locked_folder
-from kcmbundle.pki import CA, Seams, check_ca_outlives, load_ca
+from kcmbundle.pki import CA, PrivateKey, Seams, check_ca_outlives, load_ca
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +118,121 @@ def build(
         OutputError: a tarball exists and ``force`` is false, or writing failed;
         no tarball was replaced.
     """
-    signer = None
-    if sign_key is not None:
-        from kcmbundle.signing import load_signer
-
-        signer = load_signer(sign_key)
+    signer = _load_signer(sign_key)
     config, ca = load_and_check(config_path, seams, strict=strict, on_report=on_report)
     selected = select_masters(config, masters)
+    return _write_cluster(config, ca, selected, out_dir, force=force, seams=seams, signer=signer, planner=planner)
+
+
+@dataclass(frozen=True)
+class ClusterOutcome:
+    """What building one config of a multi-cluster run gave: results or the error."""
+
+    config_path: Path
+    cluster: str | None
+    results: list[BuildResult]
+    error: KcmbundleError | None = None
+
+
+def build_clusters(
+    config_paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    masters: Sequence[str] = (),
+    force: bool = False,
+    seams: Seams = Seams(),
+    sign_key: Path | None = None,
+    strict: bool = False,
+    on_report: Callable[[Path, ClusterReport], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[ClusterOutcome]:
+    """Build every master of every config, each cluster under ``out_dir/<cluster>/``.
+
+    A cluster that fails does not stop the others: its outcome carries the
+    error. Each CA is loaded once, and the keys of all clusters are made in
+    one batch so that they spread over the cores. ``on_progress(done, total)``
+    is called after each key and each bundle. ``masters`` selects masters as
+    for ``build`` and needs exactly one config.
+
+    Raises:
+        UsageError: the signing key is unusable, or ``masters`` is given with
+        several configs; nothing was built.
+    """
+    if masters and len(config_paths) != 1:
+        raise UsageError("--master selects masters of one cluster; pass exactly one config with it")
+    signer = _load_signer(sign_key)
+    outcomes: dict[Path, ClusterOutcome] = {}
+    loaded: list[tuple[Path, Config, CA, list[Master]]] = []
+    owners: dict[str, Path] = {}
+    for path in config_paths:
+        try:
+            config, ca = load_and_check(path, seams, strict=strict,
+                                        on_report=None if on_report is None else partial(on_report, path))
+            if config.cluster.name in owners:
+                raise UsageError(f"{path}: cluster name {config.cluster.name!r} is also used by "
+                                 f"{owners[config.cluster.name]}, and both would write {out_dir / config.cluster.name}; "
+                                 "give each cluster its own cluster.name")
+            selected = select_masters(config, masters)
+        except KcmbundleError as error:
+            outcomes[path] = ClusterOutcome(path, None, [], error)
+            continue
+        owners[config.cluster.name] = path
+        loaded.append((path, config, ca, selected))
+
+    counts = [keys_needed(config, selected) for _, config, _, selected in loaded]
+    total = sum(counts) + sum(len(selected) for *_, selected in loaded)
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    requests = [config.certificate.key_algorithm
+                for (_, config, _, _), count in zip(loaded, counts) for _ in range(count)]
+    keys = generate_keys(requests, seams.key_factory, on_key=advance)
+
+    for (path, config, ca, selected), count in zip(loaded, counts):
+        cluster_keys, keys = keys[:count], keys[count:]
+        try:
+            results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams,
+                                     signer=signer, keys=cluster_keys)
+        except KcmbundleError as error:
+            outcomes[path] = ClusterOutcome(path, config.cluster.name, [], error)
+        else:
+            outcomes[path] = ClusterOutcome(path, config.cluster.name, results)
+        for _ in selected:
+            advance()
+    return [outcomes[path] for path in config_paths]
+
+
+def find_configs(folder: Path) -> list[Path]:
+    """Return the cluster configs in ``folder``: ``*.json`` there and one level below, without schemas.
+
+    Raises:
+        UsageError: ``folder`` is not a folder or holds no config.
+    """
+    if not folder.is_dir():
+        raise UsageError(f"--all {folder}: folder not found; pass a folder of cluster configs")
+    found = sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json"))
+    configs = [path for path in found if not path.name.endswith(".schema.json") and path.is_file()]
+    if not configs:
+        raise UsageError(f"--all {folder}: no *.json config found there or in its subfolders")
+    return configs
+
+
+def _load_signer(sign_key: Path | None) -> Callable[[bytes], bytes] | None:
+    if sign_key is None:
+        return None
+    from kcmbundle.signing import load_signer
+
+    return load_signer(sign_key)
+
+
+def _write_cluster(config: Config, ca: CA, selected: list[Master], out_dir: Path, *, force: bool, seams: Seams,
+                   signer: Callable[[bytes], bytes] | None, planner: Planner | None = None,
+                   keys: Sequence[PrivateKey] | None = None) -> list[BuildResult]:
     mtime = archive_mtime(seams)
     targets = {master.name: bundle_path(out_dir, config, master) for master in selected}
 
@@ -133,7 +243,10 @@ def build(
             logger.debug("removed %s, left by an interrupted build", path)
         if not force:
             _reject_existing(list(targets.values()))
-        bundles = (planner or plan_bundles)(config, ca, selected, seams, signer)
+        if planner is not None:
+            bundles = planner(config, ca, selected, seams, signer)
+        else:
+            bundles = plan_bundles(config, ca, selected, seams, signer, keys)
         unit_path = "rootfs" + str(config.paths.unit)
         assert_same_units({bundle.master.name: bundle.file(unit_path).content.decode() for bundle in bundles})
         return _write_all(bundles, targets, mtime, force=force)

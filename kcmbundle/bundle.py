@@ -16,14 +16,16 @@ import json
 import logging
 import shlex
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable, Sequence
 
 from kcmbundle import __version__
 from kcmbundle.checks import host_for_url
 from kcmbundle.config import BinarySource, Config, Master
 from kcmbundle.errors import ConfigError, Problem
+from kcmbundle.keygen import generate_keys
 from kcmbundle.kubeconfig import build_kubeconfig, dump_kubeconfig
-from kcmbundle.pki import (CA, IssuedCertificate, Seams, build_sans, build_subject, check_ca_outlives,
+from kcmbundle.pki import (CA, IssuedCertificate, PrivateKey, Seams, build_sans, build_subject, check_ca_outlives,
                            describe_key, issue_certificate, iso_time, san_strings)
 from kcmbundle.templating import render
 from kcmbundle.unit import DEFAULT_SECURE_PORT, Flag, command_flags, flag_value, render_unit
@@ -77,12 +79,16 @@ class Bundle:
 
 
 def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams = Seams(),
-                 signer: Callable[[bytes], bytes] | None = None) -> list[Bundle]:
+                 signer: Callable[[bytes], bytes] | None = None,
+                 keys: Sequence[PrivateKey] | None = None) -> list[Bundle]:
     """Sign certificates and lay out the bundle of each master in ``masters``.
 
     With ``certificate.perMaster`` false, one key and certificate naming every
     master is shared by all bundles, as the classic guide does. With a
     ``signer``, each bundle also gets SHA256SUMS.sig, its signature of SHA256SUMS.
+    ``keys`` are keys made in advance, ``keys_needed`` of them; without them
+    the keys come from ``seams.key_factory``, spread over the cores when the
+    factory is the default one.
 
     Raises:
         CAError: the CA expires before the certificates would.
@@ -91,17 +97,26 @@ def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams
     check_ca_outlives(ca, now + config.certificate.validity)
     flags = command_flags(config)
 
+    if keys is None:
+        keys = generate_keys([config.certificate.key_algorithm] * keys_needed(config, masters), seams.key_factory)
+    pending = list(keys)
+
     shared = None
     if not config.certificate.per_master:
-        shared = _issue(config, ca, config.masters, seams, now)
+        shared = _issue(config, ca, config.masters, seams, now, pending.pop(0))
 
     binary = None if config.binary is None else _read_binary(config.binary)
 
     bundles = []
     for master in masters:
-        issued = shared or _issue(config, ca, [master], seams, now)
+        issued = shared or _issue(config, ca, [master], seams, now, pending.pop(0))
         bundles.append(_plan_one(config, ca, master, issued, flags, binary, signer))
     return bundles
+
+
+def keys_needed(config: Config, masters: Sequence[Master]) -> int:
+    """Return how many private keys ``plan_bundles`` needs for ``masters``."""
+    return len(masters) if config.certificate.per_master else 1
 
 
 def _read_binary(source: BinarySource) -> bytes:
@@ -120,8 +135,8 @@ def _read_binary(source: BinarySource) -> bytes:
     return content
 
 
-def _issue(config: Config, ca: CA, masters: Sequence[Master], seams: Seams, now) -> IssuedCertificate:
-    key = seams.key_factory(config.certificate.key_algorithm)
+def _issue(config: Config, ca: CA, masters: Sequence[Master], seams: Seams, now: datetime,
+           key: PrivateKey) -> IssuedCertificate:
     issued = issue_certificate(
         ca,
         key,

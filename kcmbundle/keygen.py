@@ -25,25 +25,35 @@ MIN_KEYS_FOR_POOL = 4
 
 
 def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
-                  workers: int | None = None) -> list[PrivateKey]:
+                  workers: int | None = None, on_key: Callable[[], None] | None = None) -> list[PrivateKey]:
     """Return one new key per algorithm name in ``requests``, in the same order.
 
     A ``key_factory`` other than the default (such as the fixed keys of the
     tests) is called in order in this process, so injected keys come out the
-    same however many cores the machine has.
+    same however many cores the machine has. ``on_key`` is called after each key.
     """
     workers = workers or _usable_cores()
     if key_factory is not generate_private_key or len(requests) < MIN_KEYS_FOR_POOL or workers < 2:
-        return [key_factory(algorithm) for algorithm in requests]
+        keys = []
+        for algorithm in requests:
+            keys.append(key_factory(algorithm))
+            _notify(on_key)
+        return keys
 
     logger.debug("generating %d keys in %d worker processes", len(requests), workers)
+    keys = []
     with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context()) as pool:
-        encoded = list(pool.map(_generate_der, requests, chunksize=max(1, len(requests) // (workers * 4))))
+        for der in pool.map(_generate_der, requests):
+            # The worker generated this key a moment ago, so OpenSSL's RSA
+            # consistency check (about 70 ms a key) would only repeat its work.
+            keys.append(serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True))
+            _notify(on_key)
+    return keys  # type: ignore[return-value]
 
-    # The workers generated these keys a moment ago, so OpenSSL's RSA
-    # consistency check (about 70 ms a key) would only repeat their work.
-    return [serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
-            for der in encoded]  # type: ignore[misc]
+
+def _notify(callback: Callable[[], None] | None) -> None:
+    if callback is not None:
+        callback()
 
 
 def _generate_der(algorithm: str) -> bytes:

@@ -100,7 +100,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_build_single_master(config_path: Path, tmp_path: Path) -> None:
     result = invoke("build", str(config_path), "--out", str(tmp_path / "out"), "--master", "k8s-master2")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out" / "kubernetes").iterdir()) == ["k8s-master2.tar.gz"]
+    assert sorted(p.name for p in (tmp_path / "out" / "kubernetes").glob("*.tar.gz")) == ["k8s-master2.tar.gz"]
 
 
 def test_build_unknown_master_is_usage_error(config_path: Path, tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+"""Several clusters in one build, parallel key generation and the version fast path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kcmbundle.build import build_clusters
+from kcmbundle.cli import app
+from kcmbundle.keygen import MIN_KEYS_FOR_POOL, generate_keys
+from kcmbundle.pki import describe_key
+
+from support import fixed_seams, starter_config, write_ca, write_config
+
+runner = CliRunner()
+
+
+def _write_clusters(folder: Path, names: list[str]) -> list[Path]:
+    write_ca(folder / "pki")
+    paths = []
+    for name in names:
+        document = starter_config(cluster={"name": name}, ca={"cert": "../pki/ca.pem", "key": "../pki/ca-key.pem"})
+        path = folder / name / "cluster.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(document))
+        paths.append(path)
+    return paths
+
+
+def test_build_clusters_writes_each_cluster(tmp_path: Path) -> None:
+    paths = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    outcomes = build_clusters(paths, tmp_path / "out", seams=fixed_seams())
+
+    assert [outcome.cluster for outcome in outcomes] == ["alpha", "beta"]
+    assert all(outcome.error is None for outcome in outcomes)
+    for name in ("alpha", "beta"):
+        tarballs = sorted(path.name for path in (tmp_path / "out" / name).glob("*.tar.gz"))
+        assert tarballs == ["k8s-master1.tar.gz", "k8s-master2.tar.gz", "k8s-master3.tar.gz"]
+
+
+def test_build_clusters_keeps_going_after_failure(tmp_path: Path) -> None:
+    paths = _write_clusters(tmp_path / "configs", ["alpha", "broken", "gamma"])
+    broken = json.loads(paths[1].read_text())
+    broken["masters"][0]["ip"] = "10.0.0"
+    paths[1].write_text(json.dumps(broken))
+
+    outcomes = build_clusters(paths, tmp_path / "out", seams=fixed_seams())
+
+    assert outcomes[0].error is None
+    assert outcomes[2].error is None
+    assert outcomes[1].error is not None
+    assert "masters[0].ip: invalid IP address" in str(outcomes[1].error)
+    assert not (tmp_path / "out" / "broken").exists()
+    assert len(list((tmp_path / "out" / "gamma").glob("*.tar.gz"))) == 3
+
+
+def test_build_clusters_rejects_duplicate_cluster_names(tmp_path: Path) -> None:
+    first = write_config(tmp_path / "one")
+    second = write_config(tmp_path / "two")
+
+    outcomes = build_clusters([first, second], tmp_path / "out", seams=fixed_seams())
+
+    assert outcomes[0].error is None
+    assert "cluster name 'kubernetes' is also used by" in str(outcomes[1].error)
+
+
+def test_build_clusters_matches_single_builds(tmp_path: Path) -> None:
+    from kcmbundle.build import build
+
+    paths = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    together = build_clusters(paths, tmp_path / "together", seams=fixed_seams())
+    seams = fixed_seams()
+    alone = [build(path, tmp_path / "alone", seams=seams) for path in paths]
+
+    together_bytes = [result.path.read_bytes() for outcome in together for result in outcome.results]
+    alone_bytes = [result.path.read_bytes() for results in alone for result in results]
+    assert together_bytes == alone_bytes
+
+
+def test_cli_build_all_prints_summary(tmp_path: Path) -> None:
+    _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    result = runner.invoke(app, ["build", "--all", str(tmp_path / "configs"), "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 6
+    summary = [line.split() for line in result.stderr.splitlines() if line.startswith(("alpha", "beta"))]
+    assert [row[:3] for row in summary] == [["alpha", "3", "ok"], ["beta", "3", "ok"]]
+
+
+def test_cli_build_several_reports_failed_cluster(tmp_path: Path) -> None:
+    paths = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    document = json.loads(paths[0].read_text())
+    document["ca"]["cert"] = "../pki/missing.pem"
+    paths[0].write_text(json.dumps(document))
+
+    result = runner.invoke(app, ["build", *map(str, paths), "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 3, result.output
+    assert f"error: {paths[0]}: ca.cert: file not found" in result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert "failed" in result.stderr
+
+
+def test_cli_build_without_config_is_usage_error() -> None:
+    result = runner.invoke(app, ["build"])
+    assert result.exit_code == 2, result.output
+    assert "missing config" in result.stderr
+
+
+def test_cli_master_needs_one_config(tmp_path: Path) -> None:
+    paths = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    result = runner.invoke(app, ["build", *map(str, paths), "--master", "k8s-master1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "--master selects masters of one cluster" in result.stderr
+
+
+def test_generate_keys_in_pool_returns_working_keys() -> None:
+    requests = ["ecdsa-p256"] * MIN_KEYS_FOR_POOL + ["rsa-2048"]
+    keys = generate_keys(requests, workers=2)
+
+    assert [describe_key(key) for key in keys] == requests
+    assert len({key.public_key().public_numbers() for key in keys}) == len(requests)
+
+
+def test_generate_keys_injected_factory_keeps_order() -> None:
+    calls = []
+
+    def factory(algorithm: str):
+        calls.append(algorithm)
+        return object()
+
+    generate_keys(["rsa-2048", "ecdsa-p256"] * 4, factory, workers=2)
+    assert calls == ["rsa-2048", "ecdsa-p256"] * 4
+
+
+def test_version_fast_path_skips_typer() -> None:
+    completed = subprocess.run([sys.executable, "-X", "importtime", "-m", "kcmbundle", "--version"],
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("kcmbundle ")
+    assert "typer" not in completed.stderr
