@@ -90,7 +90,7 @@ def stage_file(path: Path, data: bytes, *, mode: int = 0o600) -> StagedFile:
         OutputError: the folder cannot be created or the write failed.
     """
     folder = path.parent
-    _make_folder(folder)
+    make_folder(folder)
     try:
         descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
@@ -138,18 +138,44 @@ def discard(staged: StagedFile) -> None:
     staged.temporary.unlink(missing_ok=True)
 
 
-def _make_folder(folder: Path) -> None:
+def remove_stale_temporaries(folder: Path, suffix: str) -> list[Path]:
+    """Delete the temporary files that ``stage_file`` left in ``folder`` for targets ending in ``suffix``.
+
+    Only a process killed between staging and publishing (SIGKILL, power
+    loss) leaves such files. Call this only while holding the folder's lock
+    (see ``kcmbundle.lock``), or it could delete another build's staged file.
+    Returns the paths removed.
+    """
+    removed = []
+    for path in folder.glob(f".*{suffix}.*.tmp"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents unless it exists.
+
+    Raises:
+        OutputError: a file is in the way or the folder cannot be created.
+    """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(f"{folder}: a file is in the way of the output folder; "
-                          "remove it or choose another folder with --out") from None
+    except (FileExistsError, NotADirectoryError):
+        raise _file_in_the_way(folder) from None
     except OSError as error:
         raise OutputError(f"{folder}: could not create the output folder: {error.strerror}; "
                           "check its permissions or choose another folder with --out") from None
     if not folder.is_dir():
-        raise OutputError(f"{folder}: a file is in the way of the output folder; "
-                          "remove it or choose another folder with --out")
+        raise _file_in_the_way(folder)
+
+
+def _file_in_the_way(folder: Path) -> OutputError:
+    # Name the file itself, which may be a parent of the folder such as the --out path.
+    blocker = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), folder)
+    return OutputError(f"{blocker}: is a file, not a folder, so the output folder {folder} cannot be created; "
+                       "remove the file or choose another folder with --out")
 
 
 def _sync_folder(folder: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -72,7 +73,24 @@ def _root(
 
 def progress(step: str, message: str) -> None:
     """Print one progress line to stderr with a step prefix such as ``[pki]``."""
-    print(f"[{step}] {message}", file=sys.stderr)
+    print(terminal_safe(f"[{step}] {message}"), file=sys.stderr)
+
+
+def terminal_safe(text: str) -> str:
+    """Escape control, format and surrogate characters, such as ESC, CSI or a right-to-left override.
+
+    Messages quote config values and file names, which could otherwise move
+    the cursor, recolour the terminal or reorder the line on screen.
+    """
+    return "".join(_escape(character) if unicodedata.category(character) in ("Cc", "Cf", "Cs") else character
+                   for character in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 @contextmanager
@@ -81,22 +99,39 @@ def _reporting_errors() -> Iterator[None]:
         yield
     except KcmbundleError as error:
         for line in error.lines():
-            print(f"error: {line}", file=sys.stderr)
+            print(terminal_safe(f"error: {line}"), file=sys.stderr)
         raise typer.Exit(code=int(error.exit_code)) from None
-    except KeyboardInterrupt as interrupt:
+    except (KeyboardInterrupt, Interrupted) as interrupt:
         # The finally blocks inside the command have run by now and removed their temporary files.
-        terminated = isinstance(interrupt, Terminated)
-        print(f"error: interrupted by {'SIGTERM' if terminated else 'SIGINT'}; temporary files were removed "
-              "and no partial bundle was written", file=sys.stderr)
-        raise typer.Exit(code=143 if terminated else 130) from None
+        _report_interrupt(interrupt)
+        raise typer.Exit(code=_interrupt_exit_code(interrupt)) from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same cleanup runs; the exit code is 143 instead of 130."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised by the handlers that ``main`` installs.
+
+    It is not a KeyboardInterrupt, which Click turns into "Aborted!" and
+    exit 1 outside a command; this one reaches ``main`` wherever it strikes.
+    """
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+def _raise_interrupted(signal_number: int, frame: object) -> None:
+    raise Interrupted(signal_number)
+
+
+def _interrupt_exit_code(interrupt: BaseException) -> int:
+    # 128 + the signal number, as shells report a process that a signal ended.
+    return 128 + (interrupt.signal_number if isinstance(interrupt, Interrupted) else signal.SIGINT)
+
+
+def _report_interrupt(interrupt: BaseException) -> None:
+    name = signal.Signals(interrupt.signal_number).name if isinstance(interrupt, Interrupted) else "SIGINT"
+    print(f"error: interrupted by {name}; temporary files were removed and no partial bundle was written",
+          file=sys.stderr)
 
 
 @app.command()
@@ -136,12 +171,12 @@ def ca_init(
 STRICT_HELP = "Treat warnings about the config as errors (exit 2)."
 
 
-def _print_cluster_report(report) -> None:
+def _print_cluster_report(report, prefix: str = "") -> None:
     """Print the warnings and notes of ``cluster_checks.check_cluster`` to stderr."""
     for problem in report.warnings:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(terminal_safe(f"warning: {prefix}{problem}"), file=sys.stderr)
     for problem in report.notes:
-        print(f"note: {problem}", file=sys.stderr)
+        print(terminal_safe(f"note: {prefix}{problem}"), file=sys.stderr)
 
 
 @app.command()
@@ -161,26 +196,73 @@ def validate(
 
 @app.command()
 def build(
-    config: Annotated[Path, typer.Argument(help=CONFIG_HELP)],
+    configs: Annotated[Optional[list[Path]], typer.Argument(
+        help="Cluster config files (JSON); several build several clusters.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder; bundles go to OUT/<cluster>/.")] = Path("out"),
+    all_folder: Annotated[Optional[Path], typer.Option(
+        "--all", help="Also build every *.json config in this folder and its subfolders.")] = None,
     master: Annotated[Optional[list[str]], typer.Option(
-        "--master", help="Build only this master; repeat for several.")] = None,
+        "--master", help="Build only this master; repeat for several. Needs exactly one config.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
     sign_key: Annotated[Optional[Path], typer.Option(
         "--sign-key", help="Ed25519 private key (PEM) to sign SHA256SUMS with; adds SHA256SUMS.sig.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress to stderr, only warnings and errors.")] = False,
 ) -> None:
-    """Build one tarball per master, printing each bundle's sha256 and certificate expiry."""
-    from kcmbundle.build import build as build_bundles
+    """Build one tarball per master, printing each bundle's sha256 and certificate expiry.
+
+    With several configs (or --all) every cluster is built even when one
+    fails; a summary lists each cluster, and the exit code is that of the
+    first cluster that failed.
+    """
+    from kcmbundle.build import build_clusters, find_configs
+    from kcmbundle.errors import UsageError
     from kcmbundle.pki import iso_time
+    from kcmbundle.progress_bar import BuildProgress
 
     with _reporting_errors():
-        results = build_bundles(config, out, masters=master or (), force=force, sign_key=sign_key,
-                                strict=strict, on_report=_print_cluster_report)
-        for result in results:
-            certificate = result.bundle.issued.certificate
-            progress("bundle", f"{result.bundle.master.name}: wrote {result.path}")
-            print(f"{result.sha256}  {result.path}  notAfter={iso_time(certificate.not_valid_after_utc)}")
+        paths = list(configs or [])
+        if all_folder is not None:
+            paths += [path for path in find_configs(all_folder) if path not in paths]
+        if not paths:
+            raise UsageError("missing config: pass a config file, such as cluster.json, or --all FOLDER")
+        several = len(paths) > 1
+
+        def report(path: Path, cluster_report) -> None:
+            _print_cluster_report(cluster_report, prefix=f"{path}: " if several else "")
+
+        with BuildProgress(enabled=not quiet) as bar:
+            outcomes = build_clusters(paths, out, masters=master or (), force=force, sign_key=sign_key,
+                                      strict=strict, on_report=report, on_progress=bar)
+
+        for outcome in outcomes:
+            for result in outcome.results:
+                certificate = result.bundle.issued.certificate
+                if not quiet:
+                    progress("bundle", f"{result.bundle.master.name}: wrote {result.path}")
+                print(f"{result.sha256}  {result.path}  notAfter={iso_time(certificate.not_valid_after_utc)}")
+
+        failed = [outcome for outcome in outcomes if outcome.error is not None]
+        if not several:
+            if failed:
+                raise failed[0].error
+            return
+        _print_build_summary(outcomes)
+        if failed:
+            raise typer.Exit(code=int(failed[0].error.exit_code))
+
+
+def _print_build_summary(outcomes) -> None:
+    """Print one line per cluster of a multi-cluster build, then every failure in full."""
+    print(f"{'cluster':<24} {'bundles':>7}  {'result':<6}  config", file=sys.stderr)
+    for outcome in outcomes:
+        result = "failed" if outcome.error is not None else "ok"
+        print(terminal_safe(f"{outcome.cluster or '-':<24} {len(outcome.results):>7}  {result:<6}  {outcome.config_path}"),
+              file=sys.stderr)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            for line in outcome.error.lines():
+                print(terminal_safe(f"error: {outcome.config_path}: {line}"), file=sys.stderr)
 
 
 def _now():
@@ -385,12 +467,18 @@ def schema() -> None:
 
 def main() -> None:
     """Run the CLI; the console script and ``python -m kcmbundle`` call this."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        # An ignored signal stays ignored, as for a command started in the background with nohup.
+        if signal.getsignal(signal_number) is not signal.SIG_IGN:
+            signal.signal(signal_number, _raise_interrupted)
     try:
         app()
+    except Interrupted as interrupt:  # struck outside a command, such as while Click parsed the arguments
+        _report_interrupt(interrupt)
+        sys.exit(_interrupt_exit_code(interrupt))
     except KcmbundleError as error:  # raised outside a command, such as in a callback
         for line in error.lines():
-            print(f"error: {line}", file=sys.stderr)
+            print(terminal_safe(f"error: {line}"), file=sys.stderr)
         sys.exit(int(error.exit_code))
     except BrokenPipeError:
         sys.exit(int(ExitCode.INTERNAL))

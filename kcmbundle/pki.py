@@ -30,6 +30,9 @@ COMPONENT_NAME = "system:kube-controller-manager"
 CLOCK_SKEW = timedelta(minutes=5)
 """How far notBefore is set back, so a master whose clock runs a little behind accepts the certificate."""
 
+MAX_CA_FILE_BYTES = 1024 * 1024
+"""Largest CA certificate or key file read; a chain of ten certificates is about 20 KiB."""
+
 KEY_ALGORITHMS = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
@@ -114,10 +117,12 @@ def load_ca(source: CASource, now: datetime) -> CA:
         encrypted without a passphrase, of an unsupported type, or not the
         certificate's key.
     """
-    cert_data = _read_ca_file("ca.cert", source.cert)
-    key_data = _read_ca_file("ca.key", source.key)
-
     problems: list[Problem] = []
+    cert_data = _read_ca_file("ca.cert", source.cert, problems)
+    key_data = _read_ca_file("ca.key", source.key, problems)
+    if cert_data is None or key_data is None:
+        raise CAError(problems, summary="the CA cannot be used")
+
     certificates = _parse_certificates(cert_data, source.cert, problems)
     key = _parse_key(key_data, source, problems)
     if certificates:
@@ -133,25 +138,40 @@ def load_ca(source: CASource, now: datetime) -> CA:
     return CA(certificate=certificates[0], key=key, pem=pem)
 
 
-def _read_ca_file(field_name: str, path: Path) -> bytes:
+def _read_ca_file(field_name: str, path: Path, problems: list[Problem]) -> bytes | None:
     fix = "Check the path (relative to the config file), or create a CA with 'kcmbundle ca init'"
     try:
         if path.is_dir():
-            raise CAError([Problem(field_name, f"{path} is a directory", "Point it at the PEM file", str(path))])
-        return path.read_bytes()
+            problems.append(Problem(field_name, f"{path} is a directory", "Point it at the PEM file", str(path)))
+            return None
+        if path.exists() and not path.is_file():
+            # A device or FIFO could block or never end, such as /dev/zero.
+            problems.append(Problem(field_name, f"{path} is not a regular file", "Point it at the PEM file", str(path)))
+            return None
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CA_FILE_BYTES + 1)
+        if len(data) > MAX_CA_FILE_BYTES:
+            problems.append(Problem(field_name, f"{path} is larger than {MAX_CA_FILE_BYTES // 1024} KiB, "
+                                                "too large for a CA certificate or key",
+                                    "Point it at the PEM file of the cluster CA", str(path)))
+            return None
+        return data
     except FileNotFoundError:
-        raise CAError([Problem(field_name, "file not found", fix, str(path))]) from None
+        problems.append(Problem(field_name, "file not found", fix, str(path)))
     except PermissionError:
-        raise CAError([Problem(field_name, "file not readable (permission denied)",
-                               "Run kcmbundle as a user who can read it", str(path))]) from None
+        problems.append(Problem(field_name, "file not readable (permission denied)",
+                                "Run kcmbundle as a user who can read it, or fix the file's permissions", str(path)))
     except OSError as error:
-        raise CAError([Problem(field_name, f"file could not be read: {error.strerror}", fix, str(path))]) from None
+        problems.append(Problem(field_name, f"file could not be read: {error.strerror}", fix, str(path)))
+    return None
 
 
 def _parse_certificates(data: bytes, path: Path, problems: list[Problem]) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in data:
-        problems.append(Problem("ca.cert", f"{path} holds no PEM certificate",
-                                "Point ca.cert at the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)"))
+        fix = "Point ca.cert at the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)"
+        if _is_der_certificate(data):
+            fix = f"The file is DER; convert it with: openssl x509 -inform der -in {path} -out ca.pem"
+        problems.append(Problem("ca.cert", f"{path} holds no PEM certificate", fix))
         return []
     try:
         # NOTE: with several certificates the first is the issuer; the others travel in ca.pem as a chain.
@@ -160,6 +180,14 @@ def _parse_certificates(data: bytes, path: Path, problems: list[Problem]) -> lis
         problems.append(Problem("ca.cert", f"{path} holds an invalid PEM certificate: {error}",
                                 "Replace it with the CA certificate in PEM form"))
         return []
+
+
+def _is_der_certificate(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_key(data: bytes, source: CASource, problems: list[Problem]) -> PrivateKey | None:
@@ -189,9 +217,13 @@ def _parse_key(data: bytes, source: CASource, problems: list[Problem]) -> Privat
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError:
         # The library's message can quote parts of the key file, so none of it is shown.
-        reason = "wrong passphrase, or the key is damaged" if password else "the key is damaged or in an unsupported format"
-        problems.append(Problem("ca.key", f"{source.key} could not be loaded: {reason}",
-                                "Check the passphrase and that the file is a PEM RSA or EC private key"))
+        if password:
+            reason = f"wrong passphrase in {source.passphrase_env}, or the key is damaged"
+            fix = f"Check the passphrase in {source.passphrase_env} and that the file is a PEM RSA or EC private key"
+        else:
+            reason = "the key is damaged or in an unsupported format"
+            fix = "Check that the file is a PEM RSA or EC private key"
+        problems.append(Problem("ca.key", f"{source.key} could not be loaded: {reason}", fix))
         return None
 
     if isinstance(key, dsa.DSAPrivateKey):
@@ -199,11 +231,16 @@ def _parse_key(data: bytes, source: CASource, problems: list[Problem]) -> Privat
                                 "Use an RSA or ECDSA CA"))
         return None
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        problems.append(Problem("ca.key", f"{source.key} is a {type(key).__name__.removeprefix('_')} key, "
+        problems.append(Problem("ca.key", f"{source.key} is an {_key_type_name(key)} key, "
                                           "which kube-controller-manager cannot sign with",
                                 "Use an RSA or ECDSA CA"))
         return None
     return key
+
+
+def _key_type_name(key: object) -> str:
+    # Ed25519PrivateKey -> Ed25519; the Rust-backed classes may carry a leading underscore.
+    return type(key).__name__.lstrip("_").removesuffix("PrivateKey") or "unknown"
 
 
 def _check_is_ca(certificate: x509.Certificate, path: Path, now: datetime, problems: list[Problem]) -> None:

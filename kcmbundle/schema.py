@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import cache
 from typing import Any
 
@@ -53,9 +54,7 @@ def schema_text() -> str:
 
 def validate(document: Any) -> list[Problem]:
     """Return one ``Problem`` per schema violation in ``document``, sorted by path."""
-    from jsonschema import Draft202012Validator
-
-    validator = Draft202012Validator(load_schema())
+    validator = _validator_class()(load_schema())
     problems = []
     for error in validator.iter_errors(document):
         if error.validator == "additionalProperties":
@@ -63,6 +62,29 @@ def validate(document: Any) -> list[Problem]:
         else:
             problems.append(_to_problem(error))
     return sorted(problems, key=lambda problem: problem.path)
+
+
+@cache
+def _validator_class() -> Any:
+    """Return a Draft 2020-12 validator whose ``pattern`` keyword anchors ``$`` as ECMAScript does.
+
+    JSON Schema patterns are ECMAScript regular expressions, where ``$``
+    matches only at the end of the string. jsonschema uses Python's ``re``,
+    where ``$`` also matches before a final newline, so ``"CN\\n"`` would pass
+    ``^[A-Z]{2}$`` and reach code that trusts the schema.
+    """
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Any, expected: str, instance: Any, schema: dict[str, Any]) -> Any:
+        if validator.is_type(instance, "string") and not re.search(_ecmascript_end(expected), instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern})
+
+
+def _ecmascript_end(pattern: str) -> str:
+    # A final unescaped "$" becomes "\Z", which matches only at the very end in Python.
+    return re.sub(r"(?<!\\)\$$", r"\\Z", pattern)
 
 
 def _to_problem(error: Any) -> Problem:
