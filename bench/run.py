@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+PKI = Path("pki")
+"""Folder of the benchmark's CA; ``run_all`` points it into the work folder."""
+
 KCMBUNDLE = [str(Path(sys.executable).parent / "kcmbundle")]
 if not Path(KCMBUNDLE[0]).exists():
     KCMBUNDLE = [sys.executable, "-m", "kcmbundle"]
@@ -83,13 +86,16 @@ def measure(name: str, command, *, cwd: Path, runs: int, shell: bool = False, pr
 
 
 def write_cluster(folder: Path, name: str, masters: int, *, algorithm: str, per_master: bool) -> Path:
-    """Write a config for ``masters`` masters (192.0.2.0/24 and 198.51.100.0/24 addresses)."""
+    """Write a config for ``masters`` masters (192.0.2.0/24 and 198.51.100.0/24 addresses).
+
+    The CA is the one ``run_all`` creates in ``PKI``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     addresses = [f"192.0.2.{10 + i}" if i < 200 else f"198.51.100.{i - 190}" for i in range(masters)]
     config = {
         "cluster": {"name": name, "kubernetesVersion": "1.30.4", "serviceCIDR": "10.254.0.0/16",
                     "clusterCIDR": "172.30.0.0/16"},
-        "ca": {"cert": "../pki/ca.pem", "key": "../pki/ca-key.pem"},
+        "ca": {"cert": f"{PKI}/ca.pem", "key": f"{PKI}/ca-key.pem"},
         "masters": [{"name": f"k8s-master{i + 1}", "ip": ip} for i, ip in enumerate(addresses)],
         "certificate": {"keyAlgorithm": algorithm, "perMaster": per_master},
     }
@@ -192,7 +198,9 @@ def main() -> None:
 
 
 def run_all(work: Path, runs: int) -> str:
-    subprocess.run(KCMBUNDLE + ["ca", "init", str(work / "pki")], check=True, capture_output=True)
+    global PKI
+    PKI = work / "pki"
+    subprocess.run(KCMBUNDLE + ["ca", "init", str(PKI)], check=True, capture_output=True)
     timings: dict[str, Timing] = {}
 
     def time_case(key: str, name: str, command, **options) -> None:

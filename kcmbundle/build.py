@@ -17,12 +17,13 @@ from typing import Callable, Sequence
 
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
 from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
-from kcmbundle.cluster_checks import ClusterReport, assert_same_units, check_cluster
-from kcmbundle.config import Config, Master, load_config
+from kcmbundle.cluster_checks import ClusterReport, assert_same_units
+from kcmbundle.config import Config, Master
 from kcmbundle.errors import KcmbundleError, OutputError, UsageError
 from kcmbundle.keygen import generate_keys
 from kcmbundle.lock import locked_folder
-from kcmbundle.pki import CA, PrivateKey, Seams, check_ca_outlives, load_ca
+from kcmbundle.pki import CA, PrivateKey, Seams
+from kcmbundle.validation import load_and_check
 
 logger = logging.getLogger(__name__)
 
@@ -73,25 +74,6 @@ def archive_mtime(seams: Seams) -> int:
         raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is invalid; set it to a Unix time in seconds, "
                          "such as $(git log -1 --format=%ct), or unset it")
     return int(value)
-
-
-def load_and_check(config_path: Path, seams: Seams, *, strict: bool = False,
-                   on_report: Callable[[ClusterReport], None] | None = None) -> tuple[Config, CA]:
-    """Load the config and its CA, raising ``ConfigError`` or ``CAError`` on any problem.
-
-    This includes the whole-cluster checks of ``cluster_checks.check_cluster``,
-    whose warnings and notes go to ``on_report`` once (``strict`` makes the
-    warnings errors), and the CA expiring before a certificate issued now
-    would, so that ``validate`` reports it too.
-    """
-    config = load_config(config_path)
-    report = check_cluster(config, strict=strict)
-    if on_report is not None:
-        on_report(report)
-    now = seams.clock()
-    ca = load_ca(config.ca, now)
-    check_ca_outlives(ca, now + config.certificate.validity)
-    return config, ca
 
 
 def build(
@@ -162,11 +144,12 @@ def build_clusters(
         raise UsageError("--master selects masters of one cluster; pass exactly one config with it")
     signer = _load_signer(sign_key)
     outcomes: dict[Path, ClusterOutcome] = {}
+    ca_cache: dict[tuple, CA] = {}
     loaded: list[tuple[Path, Config, CA, list[Master]]] = []
     owners: dict[str, Path] = {}
     for path in config_paths:
         try:
-            config, ca = load_and_check(path, seams, strict=strict,
+            config, ca = load_and_check(path, seams, strict=strict, ca_cache=ca_cache,
                                         on_report=None if on_report is None else partial(on_report, path))
             if config.cluster.name in owners:
                 raise UsageError(f"{path}: cluster name {config.cluster.name!r} is also used by "

@@ -185,7 +185,7 @@ def validate(
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Check a config and its CA, printing every problem found, then warnings and notes."""
-    from kcmbundle.build import load_and_check
+    from kcmbundle.validation import load_and_check
     from kcmbundle.pki import Seams
 
     with _reporting_errors():

@@ -20,8 +20,10 @@ from kcmbundle.pki import PrivateKey, generate_private_key
 
 logger = logging.getLogger(__name__)
 
-MIN_KEYS_FOR_POOL = 4
-"""Fewer keys than this are made in-process: starting workers would cost more than it saves."""
+MIN_KEYS_FOR_POOL = 2
+"""Fewer RSA keys than this are made in-process. Forking a worker costs a few
+milliseconds and one RSA-2048 key about 100 ms, so two keys already gain;
+ECDSA keys take about a millisecond and never pay for a worker."""
 
 
 def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
@@ -33,7 +35,8 @@ def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] 
     same however many cores the machine has. ``on_key`` is called after each key.
     """
     workers = workers or _usable_cores()
-    if key_factory is not generate_private_key or len(requests) < MIN_KEYS_FOR_POOL or workers < 2:
+    slow = sum(1 for algorithm in requests if algorithm.startswith("rsa-"))
+    if key_factory is not generate_private_key or slow < MIN_KEYS_FOR_POOL or workers < 2:
         keys = []
         for algorithm in requests:
             keys.append(key_factory(algorithm))

@@ -146,7 +146,7 @@ def test_exit_code_1_for_internal_error(config_path: Path, monkeypatch: pytest.M
     def broken(*_args, **_kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("kcmbundle.build.load_config", broken)
+    monkeypatch.setattr("kcmbundle.validation.load_config", broken)
     result = invoke("validate", str(config_path))
     assert result.exit_code == 1
     assert isinstance(result.exception, RuntimeError)

@@ -120,7 +120,7 @@ def test_cli_master_needs_one_config(tmp_path: Path) -> None:
 
 
 def test_generate_keys_in_pool_returns_working_keys() -> None:
-    requests = ["ecdsa-p256"] * MIN_KEYS_FOR_POOL + ["rsa-2048"]
+    requests = ["ecdsa-p256"] * 3 + ["rsa-2048"] * MIN_KEYS_FOR_POOL
     keys = generate_keys(requests, workers=2)
 
     assert [describe_key(key) for key in keys] == requests
