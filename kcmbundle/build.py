@@ -11,7 +11,9 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from contextlib import closing
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,7 +22,7 @@ from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
 from kcmbundle.cluster_checks import ClusterReport, assert_same_units
 from kcmbundle.config import Config, Master
 from kcmbundle.errors import KcmbundleError, OutputError, UsageError
-from kcmbundle.keygen import generate_keys
+from kcmbundle.keygen import iter_keys
 from kcmbundle.lock import locked_folder
 from kcmbundle.pki import CA, PrivateKey, Seams
 from kcmbundle.validation import load_and_check
@@ -174,19 +176,20 @@ def build_clusters(
 
     requests = [config.certificate.key_algorithm
                 for (_, config, _, _), count in zip(loaded, counts) for _ in range(count)]
-    keys = generate_keys(requests, seams.key_factory, on_key=advance)
-
-    for (path, config, ca, selected), count in zip(loaded, counts):
-        cluster_keys, keys = keys[:count], keys[count:]
-        try:
-            results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams,
-                                     signer=signer, keys=cluster_keys)
-        except KcmbundleError as error:
-            outcomes[path] = ClusterOutcome(path, config.cluster.name, [], error)
-        else:
-            outcomes[path] = ClusterOutcome(path, config.cluster.name, results)
-        for _ in selected:
-            advance()
+    # Each cluster is signed and written as soon as its keys are ready, while
+    # the workers go on making the keys of the next clusters.
+    with closing(iter_keys(requests, seams.key_factory, on_key=advance)) as keys:
+        for (path, config, ca, selected), count in zip(loaded, counts):
+            cluster_keys = list(islice(keys, count))
+            try:
+                results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams,
+                                         signer=signer, keys=cluster_keys)
+            except KcmbundleError as error:
+                outcomes[path] = ClusterOutcome(path, config.cluster.name, [], error)
+            else:
+                outcomes[path] = ClusterOutcome(path, config.cluster.name, results)
+            for _ in selected:
+                advance()
     return [outcomes[path] for path in config_paths]
 
 

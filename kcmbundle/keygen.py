@@ -12,7 +12,8 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
+from contextlib import closing
+from typing import Callable, Iterator
 
 from cryptography.hazmat.primitives import serialization
 
@@ -30,28 +31,39 @@ def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] 
                   workers: int | None = None, on_key: Callable[[], None] | None = None) -> list[PrivateKey]:
     """Return one new key per algorithm name in ``requests``, in the same order.
 
-    A ``key_factory`` other than the default (such as the fixed keys of the
-    tests) is called in order in this process, so injected keys come out the
-    same however many cores the machine has. ``on_key`` is called after each key.
+    ``on_key`` is called after each key; see ``iter_keys`` for the rest.
+    """
+    with closing(iter_keys(requests, key_factory, workers, on_key)) as keys:
+        return list(keys)
+
+
+def iter_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
+              workers: int | None = None, on_key: Callable[[], None] | None = None) -> Iterator[PrivateKey]:
+    """Yield one new key per algorithm name in ``requests``, in the same order, as each is ready.
+
+    The caller can sign and write with the first keys while workers make the
+    rest. A ``key_factory`` other than the default (such as the fixed keys of
+    the tests) is called in order in this process, so injected keys come out
+    the same however many cores the machine has. Close the iterator (or
+    exhaust it) to shut the workers down.
     """
     workers = workers or _usable_cores()
     slow = sum(1 for algorithm in requests if algorithm.startswith("rsa-"))
     if key_factory is not generate_private_key or slow < MIN_KEYS_FOR_POOL or workers < 2:
-        keys = []
         for algorithm in requests:
-            keys.append(key_factory(algorithm))
+            key = key_factory(algorithm)
             _notify(on_key)
-        return keys
+            yield key
+        return
 
     logger.debug("generating %d keys in %d worker processes", len(requests), workers)
-    keys = []
     with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context()) as pool:
         for der in pool.map(_generate_der, requests):
             # The worker generated this key a moment ago, so OpenSSL's RSA
             # consistency check (about 70 ms a key) would only repeat its work.
-            keys.append(serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True))
+            key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
             _notify(on_key)
-    return keys  # type: ignore[return-value]
+            yield key  # type: ignore[misc]
 
 
 def _notify(callback: Callable[[], None] | None) -> None:
