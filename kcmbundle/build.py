@@ -15,7 +15,7 @@ from contextlib import closing
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
 from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
@@ -180,7 +180,7 @@ def build_clusters(
     # the workers go on making the keys of the next clusters.
     with closing(iter_keys(requests, seams.key_factory, on_key=advance)) as keys:
         for (path, config, ca, selected), count in zip(loaded, counts):
-            cluster_keys = list(islice(keys, count))
+            cluster_keys = islice(keys, count)
             try:
                 results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams,
                                          signer=signer, keys=cluster_keys)
@@ -218,7 +218,7 @@ def _load_signer(sign_key: Path | None) -> Callable[[bytes], bytes] | None:
 
 def _write_cluster(config: Config, ca: CA, selected: list[Master], out_dir: Path, *, force: bool, seams: Seams,
                    signer: Callable[[bytes], bytes] | None, planner: Planner | None = None,
-                   keys: Sequence[PrivateKey] | None = None) -> list[BuildResult]:
+                   keys: Iterable[PrivateKey] | None = None) -> list[BuildResult]:
     mtime = archive_mtime(seams)
     targets = {master.name: bundle_path(out_dir, config, master) for master in selected}
 

@@ -15,15 +15,16 @@ import ipaddress
 import json
 import logging
 import shlex
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from kcmbundle import __version__
 from kcmbundle.checks import host_for_url
 from kcmbundle.config import BinarySource, Config, Master
 from kcmbundle.errors import ConfigError, Problem
-from kcmbundle.keygen import generate_keys
+from kcmbundle.keygen import iter_keys
 from kcmbundle.kubeconfig import build_kubeconfig, dump_kubeconfig
 from kcmbundle.pki import (CA, IssuedCertificate, PrivateKey, Seams, build_sans, build_subject, check_ca_outlives,
                            describe_key, issue_certificate, iso_time, san_strings)
@@ -80,15 +81,15 @@ class Bundle:
 
 def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams = Seams(),
                  signer: Callable[[bytes], bytes] | None = None,
-                 keys: Sequence[PrivateKey] | None = None) -> list[Bundle]:
+                 keys: Iterable[PrivateKey] | None = None) -> list[Bundle]:
     """Sign certificates and lay out the bundle of each master in ``masters``.
 
     With ``certificate.perMaster`` false, one key and certificate naming every
     master is shared by all bundles, as the classic guide does. With a
     ``signer``, each bundle also gets SHA256SUMS.sig, its signature of SHA256SUMS.
-    ``keys`` are keys made in advance, ``keys_needed`` of them; without them
-    the keys come from ``seams.key_factory``, spread over the cores when the
-    factory is the default one.
+    ``keys`` yields the ``keys_needed`` private keys, possibly while they are
+    being made; without it they come from ``seams.key_factory``, spread over
+    the cores when the factory is the default one.
 
     Raises:
         CAError: the CA expires before the certificates would.
@@ -97,19 +98,27 @@ def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams
     check_ca_outlives(ca, now + config.certificate.validity)
     flags = command_flags(config)
 
-    if keys is None:
-        keys = generate_keys([config.certificate.key_algorithm] * keys_needed(config, masters), seams.key_factory)
-    pending = list(keys)
+    binary = None if config.binary is None else _read_binary(config.binary)
+    if keys is not None:
+        return _plan_all(config, ca, masters, seams, signer, iter(keys), now, flags, binary)
 
+    requests = [config.certificate.key_algorithm] * keys_needed(config, masters)
+    with closing(iter_keys(requests, seams.key_factory)) as generated:
+        return _plan_all(config, ca, masters, seams, signer, generated, now, flags, binary)
+
+
+def _plan_all(config: Config, ca: CA, masters: Sequence[Master], seams: Seams,
+              signer: Callable[[bytes], bytes] | None, keys: Iterator[PrivateKey], now: datetime,
+              flags: list[Flag], binary: bytes | None) -> list[Bundle]:
+    # Keys are taken one at a time, so that each bundle is signed and laid
+    # out while worker processes are still making the keys of the next ones.
     shared = None
     if not config.certificate.per_master:
-        shared = _issue(config, ca, config.masters, seams, now, pending.pop(0))
-
-    binary = None if config.binary is None else _read_binary(config.binary)
+        shared = _issue(config, ca, config.masters, seams, now, next(keys))
 
     bundles = []
     for master in masters:
-        issued = shared or _issue(config, ca, [master], seams, now, pending.pop(0))
+        issued = shared or _issue(config, ca, [master], seams, now, next(keys))
         bundles.append(_plan_one(config, ca, master, issued, flags, binary, signer))
     return bundles
 
