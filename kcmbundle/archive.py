@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Sequence
 
 from kcmbundle.bundle import Bundle
 from kcmbundle.errors import OutputError
@@ -68,17 +69,22 @@ class StagedFile:
     target: Path
 
 
-def write_atomically(path: Path, data: bytes, *, force: bool, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
+def write_atomically(outputs: Sequence[tuple[Path, bytes, int]], *, force: bool) -> None:
+    """Write each (path, data, mode) through a temporary file, renaming them into place only when all are written.
 
     Raises:
-        OutputError: the file exists and ``force`` is false, or writing failed.
+        OutputError: a file exists and ``force`` is false, or writing failed.
+        Files staged so far are removed; files already renamed into place stay.
     """
-    staged = stage_file(path, data, mode=mode)
+    staged: list[StagedFile] = []
     try:
-        publish(staged, force=force)
+        for path, data, mode in outputs:
+            staged.append(stage_file(path, data, mode=mode))
+        for item in staged:
+            publish(item, force=force)
     finally:
-        discard(staged)
+        for item in staged:
+            discard(item)
 
 
 def stage_file(path: Path, data: bytes, *, mode: int = 0o600) -> StagedFile:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kcmbundle.archive import discard, publish, stage_file
+from kcmbundle.archive import write_atomically
 from kcmbundle.durations import DURATION_HINT, parse_duration
 from kcmbundle.errors import OutputError, UsageError
 from kcmbundle.pki import KEY_ALGORITHMS, Seams, create_ca
@@ -42,11 +42,5 @@ def init_ca(directory: Path, *, key_algorithm: str, validity: str, common_name: 
 
     cert_pem, key_pem = create_ca(common_name=common_name, key_algorithm=key_algorithm,
                                   validity=lifetime, seams=seams)
-    staged = [stage_file(key_path, key_pem, mode=0o600), stage_file(cert_path, cert_pem, mode=0o644)]
-    try:
-        for item in staged:
-            publish(item, force=force)
-    finally:
-        for item in staged:
-            discard(item)
+    write_atomically([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)], force=force)
     return cert_path, key_path

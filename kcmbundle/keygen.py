@@ -57,13 +57,24 @@ def iter_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = ge
         return
 
     logger.debug("generating %d keys in %d worker processes", len(requests), workers)
-    with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context()) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context(),
+                               initializer=_start_worker)
+    try:
         for der in pool.map(_generate_der, requests):
             # The worker generated this key a moment ago, so OpenSSL's RSA
             # consistency check (about 70 ms a key) would only repeat its work.
             key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
             _notify(on_key)
             yield key  # type: ignore[misc]
+    finally:
+        # After an error or Ctrl-C the keys not yet started are dropped, not made.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker() -> None:
+    from kcmbundle.lock import close_inherited_locks
+
+    close_inherited_locks()
 
 
 def _notify(callback: Callable[[], None] | None) -> None:

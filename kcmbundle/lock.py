@@ -24,6 +24,23 @@ from kcmbundle.errors import OutputError
 
 LOCK_FILE_NAME = ".kcmbundle.lock"
 
+_held_descriptors: set[int] = set()
+"""Descriptors of the locks this process holds, for ``close_inherited_locks``."""
+
+
+def close_inherited_locks() -> None:
+    """Close the lock descriptors a forked child inherited from its parent.
+
+    An flock belongs to the open file, which a forked child shares, so a key
+    worker that outlived a killed build would otherwise keep the folder locked.
+    """
+    for descriptor in list(_held_descriptors):
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+    _held_descriptors.clear()
+
 
 @contextmanager
 def locked_folder(folder: Path) -> Iterator[Path]:
@@ -50,6 +67,8 @@ def locked_folder(folder: Path) -> Iterator[Path]:
             raise OutputError(f"{folder}: another kcmbundle build is writing to this folder "
                               f"(it holds {path}); kcmbundle does not wait, so run the build again "
                               "when the other one has finished") from None
+        _held_descriptors.add(descriptor)
         yield path
     finally:
+        _held_descriptors.discard(descriptor)
         os.close(descriptor)

@@ -319,11 +319,8 @@ def write_rendered(bundles: list[RenderedBundle], out: Path) -> list[Path]:
     Raises:
         OutputError: a file cannot be written.
     """
-    written = []
-    for bundle in bundles:
-        for item in bundle.files:
-            path = out / bundle.top / item.path
-            write_atomically(path, item.text.encode("utf-8"), force=True, mode=0o644)
-            written.append(path)
-    return written
+    outputs = [(out / bundle.top / item.path, item.text.encode("utf-8"), 0o644)
+               for bundle in bundles for item in bundle.files]
+    write_atomically(outputs, force=True)
+    return [path for path, _, _ in outputs]
 

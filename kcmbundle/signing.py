@@ -17,7 +17,7 @@ from typing import Callable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from kcmbundle.archive import discard, publish, stage_file
+from kcmbundle.archive import write_atomically
 from kcmbundle.errors import OutputError, UsageError
 
 PRIVATE_KEY_NAME = "signing-key.pem"
@@ -44,13 +44,7 @@ def generate_key_pair(directory: Path, *, force: bool = False) -> tuple[Path, Pa
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    staged = [stage_file(private_path, private_pem, mode=0o600), stage_file(public_path, public_pem, mode=0o644)]
-    try:
-        for item in staged:
-            publish(item, force=force)
-    finally:
-        for item in staged:
-            discard(item)
+    write_atomically([(private_path, private_pem, 0o600), (public_path, public_pem, 0o644)], force=force)
     return private_path, public_path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kcmbundle.archive import discard, publish, stage_file
+from kcmbundle.archive import write_atomically
 from kcmbundle.errors import OutputError
 from kcmbundle.resources import SCHEMA_FILE_NAME
 from kcmbundle.schema import schema_text
@@ -68,11 +68,5 @@ def write_starter(path: Path, *, force: bool) -> list[Path]:
         if existing:
             raise OutputError(f"{', '.join(existing)} already exists; pass --force to overwrite")
 
-    staged = [stage_file(target, data, mode=0o644) for target, data in outputs.items()]
-    try:
-        for item in staged:
-            publish(item, force=force)
-    finally:
-        for item in staged:
-            discard(item)
+    write_atomically([(target, data, 0o644) for target, data in outputs.items()], force=force)
     return list(outputs)
