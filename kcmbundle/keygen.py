@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from typing import Callable, Iterator
@@ -57,10 +58,9 @@ def iter_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = ge
         return
 
     logger.debug("generating %d keys in %d worker processes", len(requests), workers)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context(),
-                               initializer=_start_worker)
+    pool, results = _start_pool(requests, workers)
     try:
-        for der in pool.map(_generate_der, requests):
+        for der in results:
             # The worker generated this key a moment ago, so OpenSSL's RSA
             # consistency check (about 70 ms a key) would only repeat its work.
             key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
@@ -71,9 +71,30 @@ def iter_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = ge
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _start_pool(requests: list[str], workers: int) -> tuple[ProcessPoolExecutor, Iterator[bytes]]:
+    # SIGINT and SIGTERM are held back while the workers and the executor's
+    # thread start: the CLI turns them into exceptions, and one raised in the
+    # middle of that start-up leaves the executor half made. A signal that
+    # arrives meanwhile is delivered as soon as the mask is restored.
+    interrupts = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+    try:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context(),
+                                   initializer=_start_worker)
+        results = pool.map(_generate_der, requests)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pool, results
+
+
 def _start_worker() -> None:
     from kcmbundle.lock import close_inherited_locks
 
+    # The parent stops the workers on Ctrl-C; a terminal sends SIGINT to the
+    # whole process group, and workers would only print tracebacks for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     close_inherited_locks()
 
 
