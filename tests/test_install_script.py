@@ -604,3 +604,28 @@ def test_probe_uses_custom_port_and_address(master: FakeMaster, tmp_path: Path, 
 
     assert result.returncode == 0, result.stderr
     assert master.recorded("curl")[0].endswith(f" https://{MASTER_IP}:10357/healthz")
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_verify_key_checks_signature_first(master: FakeMaster, config_path: Path, tmp_path: Path,
+                                           seams: Seams, tamper: bool) -> None:
+    require_tool("openssl")
+    from kcmbundle.signing import generate_key_pair
+
+    private, public = generate_key_pair(tmp_path / "signing")
+    results = build(config_path, tmp_path / "signed", seams=seams, sign_key=private)
+    bundle = extract(results[0].path, tmp_path / "signed-unpacked")
+    if tamper:
+        sums = bundle / "SHA256SUMS"
+        sums.write_text(sums.read_text().replace("install.sh", "install.sh ", 1))
+    before = tree(master.root)
+
+    result = master.run(bundle, "--verify-key", str(public), "--no-restart", "--force")
+
+    if tamper:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "signature" in (result.stdout + result.stderr).lower()
+        assert tree(master.root) == before
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert_matches_bundle(master, bundle)

@@ -154,6 +154,8 @@ Options:
   --force            skip the check that this host holds ${MASTER_IP}
   --rollback         restore the most recent backup, then restart the service
   --timeout SECONDS  how long to wait for the service to become healthy (default 60)
+  --verify-key PUB   before anything else, check with openssl that SHA256SUMS.sig
+                     is this Ed25519 public key's signature of SHA256SUMS
   -h, --help         show this help and exit
 
 Exit status:
