@@ -55,6 +55,10 @@ def select_masters(config: Config, names: Sequence[str]) -> list[Master]:
     if unknown:
         raise UsageError(f"--master {unknown[0]}: master not found in {config.source}; "
                          f"choose from: {', '.join(known)}")
+    if not config.certificate.per_master and set(names) != set(known):
+        raise UsageError(f"--master {names[0]}: {config.source} shares one certificate between all masters "
+                         "(certificate.perMaster is false), and rebuilding some bundles would give them a "
+                         "new one; build every master, or set certificate.perMaster to true")
     return [master for master in config.masters if master.name in names]
 
 

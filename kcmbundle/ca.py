@@ -31,6 +31,9 @@ def init_ca(directory: Path, *, key_algorithm: str, validity: str, common_name: 
         raise UsageError(f"--validity {validity!r} is invalid: shorter than 1h; use a duration such as 87600h")
     if not common_name.strip():
         raise UsageError("--common-name is empty; give the CA a name such as kubernetes-ca")
+    if len(common_name) > 64:
+        raise UsageError(f"--common-name is {len(common_name)} characters long; X.509 allows at most 64 "
+                         "(RFC 5280 ub-common-name), so use a shorter name such as kubernetes-ca")
 
     cert_path = directory / CA_CERT_NAME
     key_path = directory / CA_KEY_NAME

@@ -351,7 +351,31 @@ def _check_paths(paths: dict[str, Any], problems: list[Problem]) -> None:
                                         "Use an absolute path of letters, digits and . _ + @ - /, "
                                         "such as /etc/kubernetes/cert", value))
 
+    unit = paths.get("unit")
+    if isinstance(unit, str) and not _host_path_problem(unit):
+        reason = _unit_path_problem(unit)
+        if reason:
+            problems.append(Problem("paths.unit", f"invalid unit path: {reason}",
+                                    "Use a .service file in a folder systemd loads, such as "
+                                    "/etc/systemd/system/kube-controller-manager.service", unit))
+
     _check_path_collisions(paths, problems)
+
+
+# Folders from which systemd loads system units (systemd.unit(5), "System Unit Search Path").
+SYSTEMD_UNIT_FOLDERS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
+                        "/lib/systemd/system", "/usr/local/lib/systemd/system")
+
+
+def _unit_path_problem(value: str) -> str | None:
+    folder, _, name = value.rpartition("/")
+    if not name.endswith(".service") or name == ".service":
+        return "the file name must end in .service"
+    if name.endswith("@.service"):
+        return "a template unit (name@.service) needs an instance name, which install.sh does not give"
+    if folder not in SYSTEMD_UNIT_FOLDERS:
+        return f"systemd does not load units from {folder}"
+    return None
 
 
 def _host_path_problem(value: str) -> str | None:

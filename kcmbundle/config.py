@@ -234,14 +234,41 @@ def read_document(path: Path) -> dict[str, Any]:
         _fail(path, f"invalid UTF-8 at byte {error.start}", "Save the file as UTF-8")
 
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as error:
         _fail(path, f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}",
               _json_fix(error))
+    except DuplicateKeyError as error:
+        _fail(path, f"invalid JSON: the key {error.key!r} appears twice in one object",
+              "Keep one of them; JSON readers disagree on which one wins")
+    except RecursionError:
+        _fail(path, "invalid JSON: arrays or objects are nested too deeply",
+              "Pass the cluster config, whose deepest value is a few levels down")
 
     if not isinstance(document, dict):
-        _fail(path, f"the top level is a JSON {type(document).__name__}, not an object",
+        _fail(path, f"the top level is a JSON {_JSON_TYPE_NAMES.get(type(document), 'value')}, not an object",
               "Put the settings in one JSON object: {\"cluster\": ..., \"ca\": ..., \"masters\": [...]}")
+    return document
+
+
+_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+                    type(None): "null"}
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise DuplicateKeyError(key)
+        document[key] = value
     return document
 
 

@@ -23,6 +23,9 @@ _UNIT_SECONDS = {
 
 _TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
+MAX_SECONDS = (2**63 - 1) // 10**9
+"""Go stores a duration as int64 nanoseconds, so kube-controller-manager rejects longer ones (about 2562047h)."""
+
 DURATION_HINT = "Write a number with a unit: ns, us, ms, s, m or h, for example 8760h or 1h30m"
 
 
@@ -54,6 +57,8 @@ def parse_duration(text: str) -> timedelta:
 
     if position == 0:
         raise ValueError("empty duration")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"longer than Go's maximum duration of {MAX_SECONDS // 3600}h")
     return timedelta(seconds=sign * seconds)
 
 

@@ -79,7 +79,13 @@ def _validator_class() -> Any:
         if validator.is_type(instance, "string") and not re.search(_ecmascript_end(expected), instance):
             yield ValidationError(f"{instance!r} does not match {expected!r}")
 
-    return validators.extend(Draft202012Validator, {"pattern": pattern})
+    # JSON Schema counts 6443.0 as an integer, but the value is written into
+    # URLs and flags as text, where "6443.0" is not a port.
+    def is_integer(checker: Any, instance: Any) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    type_checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", is_integer)
+    return validators.extend(Draft202012Validator, {"pattern": pattern}, type_checker=type_checker)
 
 
 def _ecmascript_end(pattern: str) -> str:

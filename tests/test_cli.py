@@ -177,3 +177,29 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     assert completed.returncode == 2
     assert "invalid JSON at line 1" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_shared_certificate_needs_every_master(tmp_path: Path) -> None:
+    path = write_config(tmp_path, starter_config(certificate={"perMaster": False}))
+    result = invoke("build", str(path), "--out", str(tmp_path / "out"), "--master", "k8s-master2")
+
+    assert result.exit_code == 2, result.output
+    assert "shares one certificate between all masters" in result.stderr
+    assert not list((tmp_path / "out").rglob("*.tar.gz"))
+
+
+def test_deeply_nested_json_is_clean_error(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text("[" * 100_000)
+    result = invoke("validate", str(path))
+
+    assert result.exit_code == 2, result.output
+    assert "nested too deeply" in result.stderr
+
+
+def test_ca_init_rejects_long_common_name(tmp_path: Path) -> None:
+    result = invoke("ca", "init", str(tmp_path / "pki"), "--common-name", "c" * 65)
+
+    assert result.exit_code == 2, result.output
+    assert "X.509 allows at most 64" in result.stderr
+    assert not (tmp_path / "pki").exists()
