@@ -1,7 +1,7 @@
 """Console-script entry point with a fast path for ``--version``.
 
 Importing Typer costs more than the whole rest of ``kcmbundle --version``,
-so a plain version request is answered before the CLI module is imported.
+so a plain version request is printed before the CLI module is imported.
 Every other command line goes to ``kcmbundle.cli.main``.
 """
 
