@@ -114,7 +114,7 @@ def build(
 
 @dataclass(frozen=True)
 class ClusterOutcome:
-    """What building one config of a multi-cluster run gave: results or the error."""
+    """The result of building one config of a multi-cluster run: tarballs written, or the error."""
 
     config_path: Path
     cluster: str | None
@@ -201,7 +201,7 @@ def find_configs(folder: Path) -> list[Path]:
     """Return the cluster configs in ``folder``: ``*.json`` there and one level below, without schemas.
 
     Raises:
-        UsageError: ``folder`` is not a folder or holds no config.
+        UsageError: ``folder`` is not a folder or contains no config.
     """
     if not folder.is_dir():
         raise UsageError(f"--all {folder}: folder not found; pass a folder of cluster configs")

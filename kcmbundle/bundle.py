@@ -46,7 +46,7 @@ class BundleFile:
     content: bytes
     mode: int
     install_path: str | None = None
-    """Where install.sh puts it on the master; None for the bundle's own files."""
+    """Install path on the master; None for the bundle's own files."""
 
     @property
     def sha256(self) -> str:

@@ -1,7 +1,7 @@
 """Checks on a config document that JSON Schema cannot express.
 
 Each check reads the raw document defensively: a field of the wrong type is
-skipped here because the schema already reported it. ``reported`` holds the
+skipped here because the schema already reported it. ``reported`` contains the
 paths the schema flagged, so that one mistake gives one line.
 """
 

@@ -49,7 +49,7 @@ class Master:
 
 @dataclass(frozen=True)
 class ApiServer:
-    """Where kube-controller-manager finds kube-apiserver."""
+    """The kube-apiserver endpoint that kube-controller-manager uses."""
 
     mode: str
     port: int
@@ -79,7 +79,7 @@ class Cluster:
 
 @dataclass(frozen=True)
 class CASource:
-    """Where the cluster CA's certificate and key are on this machine."""
+    """Locations of the cluster CA's certificate and key on this machine."""
 
     cert: Path
     key: Path
@@ -88,7 +88,7 @@ class CASource:
 
 @dataclass(frozen=True)
 class CertificateSettings:
-    """How kube-controller-manager's certificates are made."""
+    """Settings for kube-controller-manager's certificates."""
 
     key_algorithm: str
     validity: timedelta

@@ -33,7 +33,7 @@ def parse_duration(text: str) -> timedelta:
     """Parse a Go duration string.
 
     Raises:
-        ValueError: ``text`` is not a Go duration; the message says why.
+        ValueError: ``text`` is not a Go duration; the message gives the reason.
     """
     if not isinstance(text, str) or not text:
         raise ValueError("empty duration")

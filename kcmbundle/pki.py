@@ -59,7 +59,7 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class Seams:
-    """Where time, serial numbers and keys come from; tests replace them."""
+    """Sources of time, serial numbers and keys, which tests replace."""
 
     clock: Callable[[], datetime] = utc_now
     serial: Callable[[], int] = x509.random_serial_number

@@ -1,7 +1,7 @@
 """Validate a config document against the JSON Schema and phrase each error for an operator.
 
-jsonschema's own messages name the failing keyword; these say which field is
-wrong, show its value and say how to fix it.
+jsonschema's own messages name the failing keyword. These name the field,
+show its value and give the fix.
 """
 
 from __future__ import annotations

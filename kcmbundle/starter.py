@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from kcmbundle.archive import write_atomically
+from kcmbundle.config import DEFAULT_PATHS
 from kcmbundle.errors import OutputError
 from kcmbundle.resources import SCHEMA_FILE_NAME
 from kcmbundle.schema import schema_text
@@ -34,15 +35,7 @@ STARTER_CONFIG = {
         "subject": {"country": "CN", "province": "Beijing", "locality": "Beijing", "organizationalUnit": "ops"},
         "extraSANs": [],
     },
-    "paths": {
-        "binary": "/opt/k8s/bin/kube-controller-manager",
-        "certDir": "/etc/kubernetes/cert",
-        "kubeconfig": "/etc/kubernetes/kube-controller-manager.kubeconfig",
-        "unit": "/etc/systemd/system/kube-controller-manager.service",
-        "workingDir": "/data/k8s/k8s/kube-controller-manager",
-        "clusterSigningKey": "/etc/kubernetes/cert/ca-key.pem",
-        "serviceAccountKey": "/etc/kubernetes/cert/ca-key.pem",
-    },
+    "paths": dict(DEFAULT_PATHS),
     "controllerManager": {
         "leaderElect": True,
         "extraArgs": {"horizontal-pod-autoscaler-sync-period": "10s"},
