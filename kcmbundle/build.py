@@ -11,23 +11,24 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from contextlib import closing
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
 from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
 from kcmbundle.cluster_checks import ClusterReport, assert_same_units
-from kcmbundle.config import Config, Master
+from kcmbundle.config import DEFAULT_KEY_ALGORITHM, Config, Master, read_document
 from kcmbundle.errors import KcmbundleError, OutputError, UsageError
-from kcmbundle.keygen import iter_keys
+from kcmbundle.keygen import KeyMaker
 from kcmbundle.lock import locked_folder
-from kcmbundle.pki import CA, PrivateKey, Seams
+from kcmbundle.pki import CA, KEY_ALGORITHMS, PrivateKey, Seams
 from kcmbundle.validation import load_and_check
 
 logger = logging.getLogger(__name__)
+
+MAX_KEYS_GUESSED = 1000
+"""Maximum number of keys started before the configs are checked; the rest wait for the checks."""
 
 Planner = Callable[[Config, CA, Sequence[Master], Seams, Callable[[bytes], bytes] | None], list[Bundle]]
 """Signs and lays out the bundles of the given masters, like ``bundle.plan_bundles``."""
@@ -138,7 +139,8 @@ def build_clusters(
 
     A cluster that fails does not stop the others: its outcome carries the
     error. Each CA is loaded once, and the keys of all clusters are made in
-    one batch so that they spread over the cores. ``on_progress(done, total)``
+    one batch so that they spread over the cores; worker processes start on
+    the keys the raw files ask for while the configs are being checked. ``on_progress(done, total)``
     is called after each key and each bundle. ``masters`` selects masters as
     for ``build`` and needs exactly one config.
 
@@ -149,6 +151,42 @@ def build_clusters(
     if masters and len(config_paths) != 1:
         raise UsageError("--master selects masters of one cluster; pass exactly one config with it")
     signer = _load_signer(sign_key)
+    with KeyMaker(seams.key_factory) as key_maker:
+        key_maker.prefetch(guess_key_algorithms(config_paths, masters))
+        loaded, outcomes = _load_all(config_paths, masters, out_dir, seams, strict, on_report)
+
+        counts = [keys_needed(config, selected) for _, config, _, selected in loaded]
+        total = sum(counts) + sum(len(selected) for *_, selected in loaded)
+        done = 0
+
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+
+        requests = [[config.certificate.key_algorithm] * count for (_, config, _, _), count in zip(loaded, counts)]
+        key_maker.prefetch([algorithm for cluster in requests for algorithm in cluster])
+        # Each cluster is signed and written as soon as its keys are ready, while
+        # the workers go on making the keys of the next clusters.
+        for (path, config, ca, selected), cluster_requests in zip(loaded, requests):
+            try:
+                results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams, signer=signer,
+                                         keys=key_maker.keys(cluster_requests, on_key=advance))
+            except KcmbundleError as error:
+                outcomes[path] = ClusterOutcome(path, config.cluster.name, [], error)
+            else:
+                outcomes[path] = ClusterOutcome(path, config.cluster.name, results)
+            for _ in selected:
+                advance()
+    return [outcomes[path] for path in config_paths]
+
+
+def _load_all(config_paths: Sequence[Path], masters: Sequence[str], out_dir: Path, seams: Seams, strict: bool,
+              on_report: Callable[[Path, ClusterReport], None] | None,
+              ) -> tuple[list[tuple[Path, Config, CA, list[Master]]], dict[Path, ClusterOutcome]]:
+    # Returns the configs that passed every check, with their CA and selected
+    # masters, and the outcomes of those that failed.
     outcomes: dict[Path, ClusterOutcome] = {}
     ca_cache: dict[tuple, CA] = {}
     loaded: list[tuple[Path, Config, CA, list[Master]]] = []
@@ -167,34 +205,33 @@ def build_clusters(
             continue
         owners[config.cluster.name] = path
         loaded.append((path, config, ca, selected))
+    return loaded, outcomes
 
-    counts = [keys_needed(config, selected) for _, config, _, selected in loaded]
-    total = sum(counts) + sum(len(selected) for *_, selected in loaded)
-    done = 0
 
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
+def guess_key_algorithms(config_paths: Sequence[Path], masters: Sequence[str] = ()) -> list[str]:
+    """Return the key algorithms that building ``config_paths`` will likely request, read from the raw files.
 
-    requests = [config.certificate.key_algorithm
-                for (_, config, _, _), count in zip(loaded, counts) for _ in range(count)]
-    # Each cluster is signed and written as soon as its keys are ready, while
-    # the workers go on making the keys of the next clusters.
-    with closing(iter_keys(requests, seams.key_factory, on_key=advance)) as keys:
-        for (path, config, ca, selected), count in zip(loaded, counts):
-            cluster_keys = islice(keys, count)
-            try:
-                results = _write_cluster(config, ca, selected, out_dir, force=force, seams=seams,
-                                         signer=signer, keys=cluster_keys)
-            except KcmbundleError as error:
-                outcomes[path] = ClusterOutcome(path, config.cluster.name, [], error)
-            else:
-                outcomes[path] = ClusterOutcome(path, config.cluster.name, results)
-            for _ in selected:
-                advance()
-    return [outcomes[path] for path in config_paths]
+    Nothing is checked, so the guess can be wrong, such as for a config that
+    turns out invalid. It only decides which keys to start early. Files that
+    cannot be read as JSON objects add nothing.
+    """
+    algorithms: list[str] = []
+    for path in config_paths:
+        try:
+            document = read_document(path)
+        except KcmbundleError:
+            continue
+        certificate = document.get("certificate")
+        if not isinstance(certificate, dict):
+            certificate = {}
+        listed = document.get("masters")
+        count = len(masters) or (len(listed) if isinstance(listed, list) else 0)
+        if certificate.get("perMaster") is False:
+            count = min(count, 1)
+        algorithm = certificate.get("keyAlgorithm", DEFAULT_KEY_ALGORITHM)
+        if algorithm in KEY_ALGORITHMS:
+            algorithms += [algorithm] * count
+    return algorithms[:MAX_KEYS_GUESSED]
 
 
 def find_configs(folder: Path) -> list[Path]:

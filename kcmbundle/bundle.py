@@ -28,7 +28,7 @@ from kcmbundle.keygen import iter_keys
 from kcmbundle.kubeconfig import build_kubeconfig, dump_kubeconfig
 from kcmbundle.pki import (CA, IssuedCertificate, PrivateKey, Seams, build_sans, build_subject, check_ca_outlives,
                            describe_key, issue_certificate, iso_time, san_strings)
-from kcmbundle.templating import render
+from kcmbundle.templating import compile_all, render
 from kcmbundle.unit import DEFAULT_SECURE_PORT, Flag, command_flags, flag_value, render_unit
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def _plan_all(config: Config, ca: CA, masters: Sequence[Master], seams: Seams,
               flags: list[Flag], binary: bytes | None) -> list[Bundle]:
     # Keys are taken one at a time, so that each bundle is signed and laid
     # out while worker processes are still making the keys of the next ones.
+    compile_all()
     shared = None
     if not config.certificate.per_master:
         shared = _issue(config, ca, config.masters, seams, now, next(keys))

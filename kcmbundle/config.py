@@ -28,6 +28,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+DEFAULT_KEY_ALGORITHM = "rsa-2048"
+
 DEFAULT_PATHS = {
     "binary": "/opt/k8s/bin/kube-controller-manager",
     "certDir": "/etc/kubernetes/cert",
@@ -342,7 +344,7 @@ def _convert(document: dict[str, Any], source: Path) -> Config:
             for master in document["masters"]
         ),
         certificate=CertificateSettings(
-            key_algorithm=certificate.get("keyAlgorithm", "rsa-2048"),
+            key_algorithm=certificate.get("keyAlgorithm", DEFAULT_KEY_ALGORITHM),
             validity=parse_duration(certificate.get("validity", "8760h")),
             per_master=certificate.get("perMaster", True),
             subject=tuple(certificate.get("subject", {}).items()),

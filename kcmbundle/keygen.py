@@ -2,8 +2,9 @@
 
 RSA key generation dominates a large build (bench/RESULTS.md records the
 time per RSA-2048 key on the benchmark machine), so keys are made in worker
-processes, one per core, when there are enough of them to pay for starting
-the workers.
+processes, one per core. A build starts the workers on a guess of the keys
+it will need before it checks the config, so that key generation overlaps
+the checks. A wrong guess costs CPU time, never a wrong key.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import logging
 import multiprocessing
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from cryptography.hazmat.primitives import serialization
 
@@ -22,69 +24,132 @@ from kcmbundle.pki import PrivateKey, generate_private_key
 
 logger = logging.getLogger(__name__)
 
-MIN_KEYS_FOR_POOL = 2
+MIN_KEYS_FOR_POOL = 1
 """Fewer RSA keys than this are made in-process. Forking a worker costs a few
-milliseconds and one RSA-2048 key about 100 ms, so two keys already gain;
-ECDSA keys take about a millisecond and never pay for a worker."""
+milliseconds, and the worker makes an RSA-2048 key (about 100 ms) while the
+build checks the config. ECDSA keys take about a millisecond, so they never
+start a worker."""
+
+WORKER_NICENESS = 5
+"""Nice value added to the workers. When the workers and the build share the
+cores, the build's checks, signing and writing go first, so it waits for keys
+only at the end."""
+
+KeyFactory = Callable[[str], PrivateKey]
 
 
-def generate_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
+class KeyMaker:
+    """Source of new private keys by algorithm name, made in worker processes when that pays.
+
+    ``prefetch`` starts keys before they are requested. ``keys`` hands out
+    keys in request order, and takes a prefetched key of the same algorithm
+    where there is one. A ``key_factory`` other than the default (such as the
+    fixed keys of the tests) is called in order in this process, so injected
+    keys come out the same on any number of cores. Use it as a context
+    manager: leaving it stops the workers and drops the keys not yet started.
+    """
+
+    def __init__(self, key_factory: KeyFactory = generate_private_key, workers: int | None = None) -> None:
+        self._factory = key_factory
+        self._workers = workers or _usable_cores()
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: dict[str, deque[Future[bytes]]] = {}
+
+    def __enter__(self) -> KeyMaker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def prefetch(self, algorithms: Sequence[str]) -> None:
+        """Start making keys for ``algorithms`` in the workers, unless they are already being made.
+
+        Prefetched keys not yet handed out count, so prefetching a guess and
+        then the real requests starts only the keys that the guess missed.
+        Keys too few to pay for a worker are left for ``keys`` to make.
+        """
+        algorithms = self._shortfall(algorithms)
+        if not algorithms or (self._pool is None and not self._worth_a_pool(algorithms)):
+            return
+        # The first submission starts the workers and the executor's thread.
+        # SIGINT and SIGTERM are blocked meanwhile because the CLI turns them
+        # into exceptions, and one raised during that start-up leaves the
+        # executor half made. They are delivered when the mask is restored.
+        interrupts = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+        try:
+            pool = self._pool or self._new_pool(len(algorithms))
+            for algorithm in algorithms:
+                self._pending.setdefault(algorithm, deque()).append(pool.submit(_generate_der, algorithm))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def keys(self, algorithms: Sequence[str], on_key: Callable[[], None] | None = None) -> Iterator[PrivateKey]:
+        """Yield one key per algorithm name in ``algorithms``, in order, as each is ready.
+
+        The caller signs and writes with the first keys while the workers
+        make the rest. ``on_key`` is called after each key.
+        """
+        self.prefetch(algorithms)
+        for algorithm in algorithms:
+            pending = self._pending.get(algorithm)
+            if pending:
+                # The worker generated this key a moment ago, so OpenSSL's RSA
+                # consistency check (about 70 ms a key) would only repeat its work.
+                key = serialization.load_der_private_key(pending.popleft().result(), password=None,
+                                                         unsafe_skip_rsa_key_validation=True)
+            else:
+                key = self._factory(algorithm)
+            if on_key is not None:
+                on_key()
+            yield key  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Stop the workers, after the keys they are making; keys not yet started are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
+    def _worth_a_pool(self, algorithms: Sequence[str]) -> bool:
+        slow = sum(1 for algorithm in algorithms if algorithm.startswith("rsa-"))
+        return self._factory is generate_private_key and self._workers >= 2 and slow >= MIN_KEYS_FOR_POOL
+
+    def _shortfall(self, algorithms: Sequence[str]) -> list[str]:
+        available = {algorithm: len(pending) for algorithm, pending in self._pending.items()}
+        missing = []
+        for algorithm in algorithms:
+            if available.get(algorithm, 0) > 0:
+                available[algorithm] -= 1
+            else:
+                missing.append(algorithm)
+        return missing
+
+    def _new_pool(self, keys: int) -> ProcessPoolExecutor:
+        size = min(self._workers, keys)
+        logger.debug("generating keys in %d worker processes", size)
+        self._pool = ProcessPoolExecutor(max_workers=size, mp_context=_context(), initializer=_start_worker)
+        return self._pool
+
+
+def generate_keys(requests: list[str], key_factory: KeyFactory = generate_private_key,
                   workers: int | None = None, on_key: Callable[[], None] | None = None) -> list[PrivateKey]:
     """Return one new key per algorithm name in ``requests``, in the same order.
 
-    ``on_key`` is called after each key; see ``iter_keys`` for the rest.
+    ``on_key`` is called after each key; see ``KeyMaker`` for the rest.
     """
-    with closing(iter_keys(requests, key_factory, workers, on_key)) as keys:
+    with KeyMaker(key_factory, workers) as maker, closing(maker.keys(requests, on_key)) as keys:
         return list(keys)
 
 
-def iter_keys(requests: list[str], key_factory: Callable[[str], PrivateKey] = generate_private_key,
+def iter_keys(requests: list[str], key_factory: KeyFactory = generate_private_key,
               workers: int | None = None, on_key: Callable[[], None] | None = None) -> Iterator[PrivateKey]:
-    """Yield one new key per algorithm name in ``requests``, in the same order, as each is ready.
+    """Yield one new key per algorithm name in ``requests``, in order, as each is ready.
 
-    The caller can sign and write with the first keys while workers make the
-    rest. A ``key_factory`` other than the default (such as the fixed keys of
-    the tests) is called in order in this process, so injected keys come out
-    the same however many cores the machine has. Close the iterator (or
-    exhaust it) to shut the workers down.
+    Close the iterator (or exhaust it) to stop the workers; see ``KeyMaker``.
     """
-    workers = workers or _usable_cores()
-    slow = sum(1 for algorithm in requests if algorithm.startswith("rsa-"))
-    if key_factory is not generate_private_key or slow < MIN_KEYS_FOR_POOL or workers < 2:
-        for algorithm in requests:
-            key = key_factory(algorithm)
-            _notify(on_key)
-            yield key
-        return
-
-    logger.debug("generating %d keys in %d worker processes", len(requests), workers)
-    pool, results = _start_pool(requests, workers)
-    try:
-        for der in results:
-            # The worker generated this key a moment ago, so OpenSSL's RSA
-            # consistency check (about 70 ms a key) would only repeat its work.
-            key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
-            _notify(on_key)
-            yield key  # type: ignore[misc]
-    finally:
-        # After an error or Ctrl-C the keys not yet started are dropped, not made.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _start_pool(requests: list[str], workers: int) -> tuple[ProcessPoolExecutor, Iterator[bytes]]:
-    # SIGINT and SIGTERM are held back while the workers and the executor's
-    # thread start: the CLI turns them into exceptions, and one raised in the
-    # middle of that start-up leaves the executor half made. A signal that
-    # arrives meanwhile is delivered as soon as the mask is restored.
-    interrupts = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
-    try:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=_context(),
-                                   initializer=_start_worker)
-        results = pool.map(_generate_der, requests)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    return pool, results
+    with KeyMaker(key_factory, workers) as maker:
+        yield from maker.keys(requests, on_key)
 
 
 def _start_worker() -> None:
@@ -96,11 +161,10 @@ def _start_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     close_inherited_locks()
-
-
-def _notify(callback: Callable[[], None] | None) -> None:
-    if callback is not None:
-        callback()
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:  # the worker then runs at the build's priority, which only costs speed
+        pass
 
 
 def _generate_der(algorithm: str) -> bytes:

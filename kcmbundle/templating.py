@@ -29,3 +29,14 @@ def _environment() -> Any:
 def render(name: str, **values: Any) -> str:
     """Render the template ``name`` from the templates folder."""
     return _environment().get_template(name).render(**values)
+
+
+def compile_all() -> None:
+    """Import Jinja2 and compile every template now, instead of at its first ``render``.
+
+    A build calls this before it waits for its first key, so that this work
+    overlaps key generation in the worker processes.
+    """
+    environment = _environment()
+    for name in environment.list_templates(extensions=["j2"]):
+        environment.get_template(name)

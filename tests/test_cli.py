@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kcmbundle import __version__
 from kcmbundle.cli import app
+from kcmbundle.entry import HELP_WIDTH
 from kcmbundle.resources import schema_path
 
 from support import starter_config, write_config
@@ -48,6 +49,43 @@ def test_help_lists_commands_and_exit_codes(flag: str) -> None:
     for command in ("init", "validate", "build", "schema", "ca"):
         assert command in result.stdout
     assert "3 unusable CA certificate or key" in " ".join(result.stdout.split())
+
+
+def run_entry(target: str, *arguments: str, columns: str) -> subprocess.CompletedProcess:
+    """Run ``target``'s ``main`` as the console script would; stderr reports whether Typer was imported."""
+    probe = (f"import sys\nsys.argv[0] = 'kcmbundle'\nfrom {target} import main\n"
+             "try:\n    main()\nfinally:\n    sys.stderr.write(str('typer' in sys.modules))\n")
+    return subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "COLUMNS": columns})
+
+
+def test_stored_help_is_what_typer_prints(snapshot) -> None:
+    # The fast path of kcmbundle.entry prints data/help.txt instead of
+    # importing Typer; after changing a command or its help, refresh the file
+    # with: pytest tests/test_cli.py --snapshot-update
+    completed = run_entry("kcmbundle.cli", "--help", columns=str(HELP_WIDTH))
+    assert completed.returncode == 0, completed.stderr
+    snapshot.snapshot_dir = REPOSITORY / "kcmbundle" / "data"
+    snapshot.assert_match(completed.stdout, "help.txt")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("columns", [str(HELP_WIDTH), "200"])
+def test_entry_prints_help_without_importing_typer(flag: str, columns: str) -> None:
+    fast = run_entry("kcmbundle.entry", flag, columns=columns)
+    typer_help = run_entry("kcmbundle.cli", flag, columns=columns)
+
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stderr == "False"
+    assert fast.stdout == typer_help.stdout
+
+
+def test_entry_leaves_narrow_terminals_to_typer() -> None:
+    narrow = run_entry("kcmbundle.entry", "--help", columns="60")
+
+    assert narrow.returncode == 0, narrow.stderr
+    assert narrow.stderr == "True"
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 60
 
 
 def test_schema_prints_shipped_schema() -> None:

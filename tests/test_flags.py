@@ -1,5 +1,7 @@
 import json
 import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -601,6 +603,15 @@ def test_render_table_json_introduced_flags():
 
 def test_load_table_is_cached():
     assert load_table() is load_table()
+
+
+def test_json_table_is_the_toml_table(snapshot):
+    # kcmbundle reads kcm-flags.json, converted from the reviewed TOML file
+    # for speed; refresh it with: pytest tests/test_flags.py --snapshot-update
+    data = Path(__file__).resolve().parent.parent / "kcmbundle" / "data"
+    table = tomllib.loads((data / "kcm-flags.toml").read_text(encoding="utf-8"))
+    snapshot.snapshot_dir = data
+    snapshot.assert_match(json.dumps(table, indent=1, ensure_ascii=False) + "\n", "kcm-flags.json")
 
 
 def test_data_file_references_are_consistent():

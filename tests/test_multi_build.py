@@ -139,7 +139,8 @@ def test_generate_keys_injected_factory_keeps_order() -> None:
 
 
 def test_version_fast_path_skips_typer() -> None:
-    completed = subprocess.run([sys.executable, "-X", "importtime", "-m", "kcmbundle", "--version"],
+    probe = "import sys; sys.argv = ['kcmbundle', '--version']; from kcmbundle.entry import main; main()"
+    completed = subprocess.run([sys.executable, "-X", "importtime", "-c", probe],
                                capture_output=True, text=True, timeout=60, check=False)
     assert completed.returncode == 0
     assert completed.stdout.startswith("kcmbundle ")

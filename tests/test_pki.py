@@ -122,6 +122,22 @@ def test_load_ca_rejects_mismatched_key(tmp_path: Path) -> None:
         load_ca(CASource(cert, other_key, None), FIXED_NOW)
 
 
+def test_load_ca_rejects_rsa_key_that_signs_wrongly(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key_path = write_ca(tmp_path)
+    numbers = load_key("ca-rsa-2048").private_numbers()
+    # A wrong private exponent and CRT exponent: the public half still
+    # matches the certificate, but no signature made with the key verifies.
+    damaged = rsa.RSAPrivateNumbers(numbers.p, numbers.q, numbers.d + 2, numbers.dmp1 + 2, numbers.dmq1,
+                                    numbers.iqmp, numbers.public_numbers)
+    key_path.write_bytes(damaged.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+
+    with pytest.raises(CAError, match="the key is damaged"):
+        load_ca(CASource(cert, key_path, None), FIXED_NOW)
+
+
 def test_load_ca_rejects_expired_and_future_ca(tmp_path: Path) -> None:
     cert, key = write_ca(tmp_path / "pki", validity=timedelta(days=30))
 
