@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
-from kcmbundle.bundle import Bundle, keys_needed, plan_bundles
+from kcmbundle.bundle import Bundle, iter_bundles, keys_needed
 from kcmbundle.cluster_checks import ClusterReport, assert_same_units
 from kcmbundle.config import DEFAULT_KEY_ALGORITHM, Config, Master, read_document
 from kcmbundle.errors import KcmbundleError, OutputError, UsageError
@@ -31,7 +32,7 @@ MAX_KEYS_GUESSED = 1000
 """Maximum number of keys started before the configs are checked; the rest wait for the checks."""
 
 Planner = Callable[[Config, CA, Sequence[Master], Seams, Callable[[bytes], bytes] | None], list[Bundle]]
-"""Signs and lays out the bundles of the given masters, like ``bundle.plan_bundles``."""
+"""Signs and lays out the bundles of the given masters, like ``bundle.iter_bundles``."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def build(
     """Build and write the tarballs of the selected masters.
 
     ``sign_key`` adds SHA256SUMS.sig, signed with that Ed25519 key, to each
-    bundle. ``planner`` replaces ``plan_bundles``; ``kcmbundle renew`` uses
+    bundle. ``planner`` replaces ``bundle.iter_bundles``; ``kcmbundle renew`` uses
     it to reuse old keys. ``strict`` and ``on_report`` are as for
     ``load_and_check``.
 
@@ -270,13 +271,11 @@ def _write_cluster(config: Config, ca: CA, selected: list[Master], out_dir: Path
             logger.debug("removed %s, left by an interrupted build", path)
         if not force:
             _reject_existing(list(targets.values()))
-        if planner is not None:
-            bundles = planner(config, ca, selected, seams, signer)
-        else:
-            bundles = plan_bundles(config, ca, selected, seams, signer, keys)
         unit_path = "rootfs" + str(config.paths.unit)
-        assert_same_units({bundle.master.name: bundle.file(unit_path).content.decode() for bundle in bundles})
-        return _write_all(bundles, targets, mtime, force=force)
+        if planner is not None:
+            return _write_all(planner(config, ca, selected, seams, signer), targets, mtime, unit_path, force=force)
+        with closing(iter_bundles(config, ca, selected, seams, signer, keys)) as bundles:
+            return _write_all(bundles, targets, mtime, unit_path, force=force)
 
 
 def _reject_existing(paths: list[Path]) -> None:
@@ -287,15 +286,22 @@ def _reject_existing(paths: list[Path]) -> None:
                           f"{'it' if len(existing) == 1 else 'them'}")
 
 
-def _write_all(bundles: list[Bundle], targets: dict[str, Path], mtime: int, *, force: bool) -> list[BuildResult]:
+def _write_all(bundles: Iterable[Bundle], targets: dict[str, Path], mtime: int, unit_path: str, *,
+               force: bool) -> list[BuildResult]:
+    # Each tarball is staged as soon as its bundle is planned, while the
+    # workers make the next keys. Nothing is published until every bundle is
+    # staged and the units are known to agree.
     staged = []
     results = []
+    units = {}
     try:
         for bundle in bundles:
             data = tarball_bytes(bundle, mtime)
             path = targets[bundle.master.name]
             staged.append(stage_file(path, data))
             results.append(BuildResult(path, hashlib.sha256(data).hexdigest(), bundle))
+            units[bundle.master.name] = bundle.file(unit_path).content.decode()
+        assert_same_units(units)
         for item in staged:
             publish(item, force=force)
             logger.debug("wrote %s", item.target)

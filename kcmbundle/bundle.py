@@ -94,22 +94,33 @@ def plan_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams
     Raises:
         CAError: the CA expires before the certificates would.
     """
+    return list(iter_bundles(config, ca, masters, seams, signer, keys))
+
+
+def iter_bundles(config: Config, ca: CA, masters: Sequence[Master], seams: Seams = Seams(),
+                 signer: Callable[[bytes], bytes] | None = None,
+                 keys: Iterable[PrivateKey] | None = None) -> Iterator[Bundle]:
+    """Yield the bundles of ``plan_bundles`` one at a time, each as soon as its key is ready.
+
+    The caller can write a bundle while the workers make the keys of the next ones.
+    """
     now = seams.clock()
     check_ca_outlives(ca, now + config.certificate.validity)
     flags = command_flags(config)
 
     binary = None if config.binary is None else _read_binary(config.binary)
     if keys is not None:
-        return _plan_all(config, ca, masters, seams, signer, iter(keys), now, flags, binary)
+        yield from _plan_all(config, ca, masters, seams, signer, iter(keys), now, flags, binary)
+        return
 
     requests = [config.certificate.key_algorithm] * keys_needed(config, masters)
     with closing(iter_keys(requests, seams.key_factory)) as generated:
-        return _plan_all(config, ca, masters, seams, signer, generated, now, flags, binary)
+        yield from _plan_all(config, ca, masters, seams, signer, generated, now, flags, binary)
 
 
 def _plan_all(config: Config, ca: CA, masters: Sequence[Master], seams: Seams,
               signer: Callable[[bytes], bytes] | None, keys: Iterator[PrivateKey], now: datetime,
-              flags: list[Flag], binary: bytes | None) -> list[Bundle]:
+              flags: list[Flag], binary: bytes | None) -> Iterator[Bundle]:
     # Keys are taken one at a time, so that each bundle is signed and laid
     # out while worker processes are still making the keys of the next ones.
     compile_all()
@@ -117,11 +128,9 @@ def _plan_all(config: Config, ca: CA, masters: Sequence[Master], seams: Seams,
     if not config.certificate.per_master:
         shared = _issue(config, ca, config.masters, seams, now, next(keys))
 
-    bundles = []
     for master in masters:
         issued = shared or _issue(config, ca, [master], seams, now, next(keys))
-        bundles.append(_plan_one(config, ca, master, issued, flags, binary, signer))
-    return bundles
+        yield _plan_one(config, ca, master, issued, flags, binary, signer)
 
 
 def keys_needed(config: Config, masters: Sequence[Master]) -> int:

@@ -10,6 +10,7 @@ command line. ``render_unit`` only lays the escaped flags into the template.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -292,12 +293,16 @@ def systemd_quote(argument: str) -> str:
         ValueError: the argument contains a control character such as a
         newline, which has no safe form on one ExecStart line.
     """
-    if any(ord(character) < 32 or ord(character) == 127 for character in argument):
+    if _CONTROL_CHARACTER.search(argument):
         raise ValueError("contains a control character")
     escaped = argument.replace("%", "%%").replace("$", "$$")
-    if any(character in escaped for character in " \t\"'\\;"):
+    if _NEEDS_QUOTES.search(escaped):
         escaped = '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return escaped
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_NEEDS_QUOTES = re.compile(r"[ \t\"'\\;]")
 
 
 def render_unit(config: Config, master: Master, flags: list[Flag]) -> str:

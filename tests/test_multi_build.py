@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kcmbundle.build import build_clusters
+from kcmbundle.build import MAX_KEYS_GUESSED, build_clusters, guess_key_algorithms
 from kcmbundle.cli import app
-from kcmbundle.keygen import MIN_KEYS_FOR_POOL, generate_keys
+from kcmbundle.keygen import MIN_KEYS_FOR_POOL, KeyMaker, generate_keys
 from kcmbundle.pki import describe_key
 
-from support import fixed_seams, starter_config, write_ca, write_config
+from support import DELETE, fixed_seams, starter_config, write_ca, write_config
 
 runner = CliRunner()
 
@@ -136,6 +136,76 @@ def test_generate_keys_injected_factory_keeps_order() -> None:
 
     generate_keys(["rsa-2048", "ecdsa-p256"] * 4, factory, workers=2)
     assert calls == ["rsa-2048", "ecdsa-p256"] * 4
+
+
+def test_key_maker_ignores_a_wrong_guess() -> None:
+    with KeyMaker(workers=2) as maker:
+        maker.prefetch(["rsa-2048", "rsa-2048", "ecdsa-p384"])
+        keys = list(maker.keys(["ecdsa-p256", "rsa-2048", "rsa-3072"]))
+
+    assert [describe_key(key) for key in keys] == ["ecdsa-p256", "rsa-2048", "rsa-3072"]
+
+
+def test_key_maker_hands_out_prefetched_keys_once() -> None:
+    with KeyMaker(workers=2) as maker:
+        maker.prefetch(["rsa-2048"] * 2)
+        maker.prefetch(["rsa-2048"] * 2)
+        keys = list(maker.keys(["rsa-2048"] * 3))
+
+    assert [describe_key(key) for key in keys] == ["rsa-2048"] * 3
+    assert len({key.public_key().public_numbers() for key in keys}) == 3
+
+
+def test_key_maker_injected_factory_skips_prefetch() -> None:
+    calls = []
+
+    def factory(algorithm: str):
+        calls.append(algorithm)
+        return algorithm
+
+    with KeyMaker(factory, workers=2) as maker:
+        maker.prefetch(["rsa-2048"] * 4)
+        keys = list(maker.keys(["ecdsa-p256", "rsa-2048"]))
+
+    assert keys == ["ecdsa-p256", "rsa-2048"]
+    assert calls == ["ecdsa-p256", "rsa-2048"]
+
+
+def test_guess_reads_raw_configs(tmp_path: Path) -> None:
+    per_master = write_config(tmp_path / "a", starter_config(certificate={"keyAlgorithm": "ecdsa-p384"}))
+    shared = write_config(tmp_path / "b", starter_config(certificate={"perMaster": False}))
+    defaults = write_config(tmp_path / "c", starter_config(certificate=DELETE))
+    unknown = write_config(tmp_path / "d", starter_config(certificate={"keyAlgorithm": "dsa-1024"}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"masters": [')
+
+    assert guess_key_algorithms([per_master, shared, broken, unknown, tmp_path / "missing.json"]) == [
+        "ecdsa-p384"] * 3 + ["rsa-2048"]
+    assert guess_key_algorithms([defaults]) == ["rsa-2048"] * 3
+    assert guess_key_algorithms([defaults], ["k8s-master2"]) == ["rsa-2048"]
+
+
+def test_guess_is_capped(tmp_path: Path) -> None:
+    masters = [{"name": f"m{i}", "ip": f"10.0.{i // 250}.{i % 250 + 1}"} for i in range(MAX_KEYS_GUESSED + 5)]
+    path = write_config(tmp_path, starter_config(masters=masters))
+
+    assert len(guess_key_algorithms([path])) == MAX_KEYS_GUESSED
+
+
+def test_failed_cluster_keeps_next_key_algorithm(tmp_path: Path) -> None:
+    # alpha fails before taking its RSA keys, because its bundles exist and
+    # --force is off. beta must still get the ECDSA keys it requests.
+    alpha, beta = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    document = json.loads(beta.read_text())
+    document["certificate"]["keyAlgorithm"] = "ecdsa-p256"
+    beta.write_text(json.dumps(document))
+    build_clusters([alpha], tmp_path / "out", seams=fixed_seams())
+
+    outcomes = build_clusters([alpha, beta], tmp_path / "out", seams=fixed_seams())
+
+    assert "bundle already exists" in str(outcomes[0].error)
+    assert outcomes[1].error is None
+    assert {describe_key(result.bundle.issued.key) for result in outcomes[1].results} == {"ecdsa-p256"}
 
 
 def test_version_fast_path_skips_typer() -> None:
