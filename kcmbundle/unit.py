@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable
@@ -136,8 +137,12 @@ def default_flags(config: Config) -> dict[str, Flag]:
     return flags
 
 
+@lru_cache(maxsize=1024)
 def plan_flags(config: Config) -> FlagPlan:
     """Decide kube-controller-manager's flags for ``config`` and check them for its Kubernetes minor.
+
+    A build plans each config twice, once to check it and once to write its
+    unit, so the result is kept for the next call with an equal config.
 
     ``extraArgs`` entries replace defaults of the same name, add new flags,
     or, with a null value, remove a default. Every flag, default or not, goes
