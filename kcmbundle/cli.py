@@ -171,10 +171,12 @@ def ca_init(
 STRICT_HELP = "Treat warnings about the config as errors (exit 2)."
 
 
-def _print_cluster_report(report, prefix: str = "") -> None:
-    """Print the warnings and notes of ``cluster_checks.check_cluster`` to stderr."""
+def _print_cluster_report(report, prefix: str = "", *, notes: bool = True) -> None:
+    """Print the warnings and, unless ``notes`` is false, the notes of ``cluster_checks.check_cluster`` to stderr."""
     for problem in report.warnings:
         print(terminal_safe(f"warning: {prefix}{problem}"), file=sys.stderr)
+    if not notes:
+        return
     for problem in report.notes:
         print(terminal_safe(f"note: {prefix}{problem}"), file=sys.stderr)
 
@@ -207,7 +209,7 @@ def build(
     sign_key: Annotated[Optional[Path], typer.Option(
         "--sign-key", help="Ed25519 private key (PEM) to sign SHA256SUMS with; adds SHA256SUMS.sig.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress to stderr, only warnings and errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print no progress or notes to stderr, only warnings and errors.")] = False,
 ) -> None:
     """Build one tarball per master, printing each bundle's sha256 and certificate expiry.
 
@@ -229,7 +231,7 @@ def build(
         several = len(paths) > 1
 
         def report(path: Path, cluster_report) -> None:
-            _print_cluster_report(cluster_report, prefix=f"{path}: " if several else "")
+            _print_cluster_report(cluster_report, prefix=f"{path}: " if several else "", notes=not quiet)
 
         with BuildProgress(enabled=not quiet) as bar:
             outcomes = build_clusters(paths, out, masters=master or (), force=force, sign_key=sign_key,

@@ -376,6 +376,23 @@ def test_cli_build_warning_printed_once(tmp_path: Path) -> None:
     assert result.stderr.count("warning: controllerManager.extraArgs.authorization-kubeconfig: ") == 1
 
 
+def test_cli_build_quiet_keeps_only_warnings(tmp_path: Path) -> None:
+    document = starter_config()
+    document["controllerManager"]["extraArgs"] = {"authorization-kubeconfig": None}
+    path = write_config(tmp_path / "cli", document)
+
+    loud = runner.invoke(app, ["build", "--out", str(tmp_path / "loud"), str(path)])
+    quiet = runner.invoke(app, ["build", "--quiet", "--out", str(tmp_path / "quiet"), str(path)])
+
+    assert "note: " in loud.stderr
+    assert "[bundle] " in loud.stderr
+    assert quiet.exit_code == 0, quiet.output
+    assert "warning: controllerManager.extraArgs.authorization-kubeconfig: " in quiet.stderr
+    assert "note: " not in quiet.stderr
+    assert "[bundle] " not in quiet.stderr
+    assert quiet.stdout.count(".tar.gz") == 3
+
+
 @pytest.mark.parametrize("version", ["1.23", "1.37", "2.0", "banana"])
 def test_cli_flags_invalid_version(version: str) -> None:
     result = runner.invoke(app, ["flags", "--version", version])

@@ -351,6 +351,31 @@ def test_missing_ca_key_rejected(master: FakeMaster, first: Path) -> None:
     assert master.recorded("systemctl") == []
 
 
+def test_root_link_leading_outside_rejected(master: FakeMaster, first: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (master.root / "etc" / "systemd").symlink_to(outside)
+    before = tree(master.root)
+
+    result = master.run(first)
+
+    assert result.returncode == 1, result.stderr
+    assert f"leads to {outside}/system/kube-controller-manager.service, outside {master.root}" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert tree(master.root) == before
+    assert master.recorded("systemctl") == []
+
+
+def test_root_link_inside_root_followed(master: FakeMaster, first: Path) -> None:
+    (master.root / "lib" / "systemd-etc").mkdir(parents=True)
+    (master.root / "etc" / "systemd").symlink_to("../lib/systemd-etc")
+
+    result = master.run(first)
+
+    assert result.returncode == 0, result.stderr
+    assert (master.root / "lib" / "systemd-etc" / "system" / "kube-controller-manager.service").is_file()
+
+
 def test_non_executable_binary_rejected(master: FakeMaster, first: Path) -> None:
     (master.root / HOST_BINARY).chmod(0o644)
     before = tree(master.root)
