@@ -53,6 +53,7 @@ class KeyMaker:
         self._factory = key_factory
         self._workers = workers or _usable_cores()
         self._pool: ProcessPoolExecutor | None = None
+        self._processes: list[multiprocessing.process.BaseProcess] = []
         self._pending: dict[str, deque[Future[bytes]]] = {}
 
     def __enter__(self) -> KeyMaker:
@@ -78,9 +79,10 @@ class KeyMaker:
         interrupts = {signal.SIGINT, signal.SIGTERM}
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
         try:
-            pool = self._pool or self._new_pool(len(algorithms))
-            for algorithm in algorithms:
-                self._pending.setdefault(algorithm, deque()).append(pool.submit(_generate_der, algorithm))
+            if self._pool is None:
+                self._start_pool(algorithms)
+            else:
+                self._submit(algorithms)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -105,10 +107,17 @@ class KeyMaker:
             yield key  # type: ignore[misc]
 
     def close(self) -> None:
-        """Stop the workers, after the keys they are making; keys not yet started are dropped."""
+        """Stop the workers at once; keys not yet handed out are dropped."""
         if self._pool is not None:
+            unfinished = any(not future.done() for pending in self._pending.values() for future in pending)
+            if unfinished:
+                # An RSA-4096 key can take seconds, which an invalid config or
+                # Ctrl-C should not have to wait for.
+                for process in self._processes:
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._processes = []
         self._pending.clear()
 
     def _worth_a_pool(self, algorithms: Sequence[str]) -> bool:
@@ -125,11 +134,19 @@ class KeyMaker:
                 missing.append(algorithm)
         return missing
 
-    def _new_pool(self, keys: int) -> ProcessPoolExecutor:
-        size = min(self._workers, keys)
+    def _start_pool(self, algorithms: Sequence[str]) -> None:
+        size = min(self._workers, len(algorithms))
         logger.debug("generating keys in %d worker processes", size)
+        running = set(multiprocessing.active_children())
         self._pool = ProcessPoolExecutor(max_workers=size, mp_context=_context(), initializer=_start_worker)
-        return self._pool
+        self._submit(algorithms)
+        # With fork, the first submission starts every worker.
+        self._processes = [process for process in multiprocessing.active_children() if process not in running]
+
+    def _submit(self, algorithms: Sequence[str]) -> None:
+        assert self._pool is not None
+        for algorithm in algorithms:
+            self._pending.setdefault(algorithm, deque()).append(self._pool.submit(_generate_der, algorithm))
 
 
 def generate_keys(requests: list[str], key_factory: KeyFactory = generate_private_key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,16 @@ def test_key_maker_hands_out_prefetched_keys_once() -> None:
 
     assert [describe_key(key) for key in keys] == ["rsa-2048"] * 3
     assert len({key.public_key().public_numbers() for key in keys}) == 3
+
+
+def test_key_maker_close_stops_workers_mid_key() -> None:
+    maker = KeyMaker(workers=2)
+    maker.prefetch(["rsa-4096"] * 4)
+    assert len(multiprocessing.active_children()) == 2
+
+    maker.close()
+
+    assert multiprocessing.active_children() == []
 
 
 def test_key_maker_injected_factory_skips_prefetch() -> None:
