@@ -376,6 +376,19 @@ def test_cli_build_warning_printed_once(tmp_path: Path) -> None:
     assert result.stderr.count("warning: controllerManager.extraArgs.authorization-kubeconfig: ") == 1
 
 
+def test_cli_validate_lists_flag_and_ca_problems(tmp_path: Path) -> None:
+    document = starter_config()
+    document["controllerManager"]["extraArgs"] = {"no-such-flag": "1"}
+    path = write_config(tmp_path / "cli", document)
+    (tmp_path / "cli" / "pki" / "ca-key.pem").unlink()
+
+    result = runner.invoke(app, ["validate", str(path)])
+
+    assert result.exit_code == 2, result.output
+    assert "error: controllerManager.extraArgs.no-such-flag: " in result.stderr
+    assert "error: ca.key: file not found" in result.stderr
+
+
 def test_cli_build_quiet_keeps_only_warnings(tmp_path: Path) -> None:
     document = starter_config()
     document["controllerManager"]["extraArgs"] = {"authorization-kubeconfig": None}
