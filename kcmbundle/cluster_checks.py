@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 from kcmbundle.config import Config
 from kcmbundle.errors import ConfigError, Problem
 from kcmbundle.flags import load_table, parse_go_bool
-from kcmbundle.unit import DEFAULT_NODE_MASK, EXTRA_ARGS_PREFIX, Flag, FlagPlan, plan_flags
+from kcmbundle.unit import DEFAULT_NODE_MASK, DEFAULT_SECURE_PORT, EXTRA_ARGS_PREFIX, Flag, FlagPlan, plan_flags
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -66,6 +66,7 @@ def check_cluster(config: Config, *, strict: bool = False) -> ClusterReport:
     _check_signers(plan, config.cluster.version.minor, errors, warnings)
     _check_node_cidrs(plan, config, errors)
     _check_delegated_auth(plan, warnings)
+    _check_secure_port(plan, errors)
 
     if strict and warnings:
         errors += warnings
@@ -181,6 +182,17 @@ def _check_signing_files(plan: FlagPlan, errors: list[Problem]) -> None:
                 "Remove the null to sign with the cluster CA, or disable the signer explicitly by adding "
                 "-csrsigning to controllerManager.extraArgs.controllers",
                 None))
+
+
+def _check_secure_port(plan: FlagPlan, errors: list[Problem]) -> None:
+    port = plan.get("secure-port")
+    if port is not None and port.value.isdigit() and int(port.value) == 0:
+        errors.append(Problem(
+            port.origin,
+            "0 turns off kube-controller-manager's HTTPS endpoint, so install.sh cannot check /healthz "
+            "after the restart and would roll the install back",
+            f"Remove it to use the default port {DEFAULT_SECURE_PORT}, or set a port from 1 to 65535",
+            port.value))
 
 
 def _check_delegated_auth(plan: FlagPlan, warnings: list[Problem]) -> None:
