@@ -427,11 +427,15 @@ def _check_controller_manager(document: dict[str, Any], problems: list[Problem])
     args = manager.get("extraArgs")
     if not isinstance(args, dict):
         return
+    cluster = _object(document.get("cluster"))
     for name, value in args.items():
         path = f"controllerManager.extraArgs.{name}"
         if name in FLAGS_OWNED_BY_FIELDS and not (value is None and name in REMOVABLE_OWNED_FLAGS):
             problems.append(Problem(path, "is set by a config field",
                                     f"Remove it and set {FLAGS_OWNED_BY_FIELDS[name]} instead", value))
+        elif name == "node-cidr-mask-size" and value is not None and "nodeCIDRMaskSize" in cluster:
+            problems.append(Problem(path, "sets the same flag as cluster.nodeCIDRMaskSize",
+                                    "Keep only one of the two", value))
         elif isinstance(value, str) and any(ord(character) < 32 or ord(character) == 127 for character in value):
             problems.append(Problem(path, "contains a newline or control character",
                                     "Write the value on one line without control characters", value))
