@@ -140,10 +140,10 @@ def build_clusters(
 
     A cluster that fails does not stop the others: its outcome carries the
     error. Each CA is loaded once, and the keys of all clusters are made in
-    one batch so that they spread over the cores; worker processes start on
-    the keys the raw files ask for while the configs are being checked. ``on_progress(done, total)``
-    is called after each key and each bundle. ``masters`` selects masters as
-    for ``build`` and needs exactly one config.
+    one batch so that they spread over the cores. Worker processes start on
+    the keys named in the raw files while the configs are being checked.
+    ``on_progress(done, total)`` is called after each key and each bundle.
+    ``masters`` selects masters as for ``build`` and needs exactly one config.
 
     Raises:
         UsageError: the signing key is unusable, or ``masters`` is given with
