@@ -13,6 +13,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -34,6 +36,9 @@ WORKER_NICENESS = 5
 """Nice value added to the workers. When the workers and the build share the
 cores, the build's checks, signing and writing go first, so it waits for keys
 only at the end."""
+
+PARENT_CHECK_SECONDS = 0.5
+"""How often a worker checks that the build that started it is still running."""
 
 KeyFactory = Callable[[str], PrivateKey]
 
@@ -178,10 +183,19 @@ def _start_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     close_inherited_locks()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         os.nice(WORKER_NICENESS)
     except OSError:  # the worker then runs at the build's priority, which only costs speed
         pass
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A worker waits for tasks on a pipe whose write end it holds itself, so
+    # it would wait forever after the build is killed with SIGKILL.
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _generate_der(algorithm: str) -> bytes:

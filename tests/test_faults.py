@@ -277,6 +277,23 @@ def start_build(config: Path, out: Path) -> tuple[subprocess.Popen, threading.Th
     return process, reader, lines
 
 
+def assert_no_process_mentions(text: str, timeout: float = 10.0) -> None:
+    """Wait until no process has ``text`` in its command line, such as a build's key workers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if text in cmdline.read_bytes().decode(errors="replace"):
+                    left.append(cmdline.parent.name)
+            except OSError:
+                continue  # the process ended meanwhile
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == [], f"processes still running: {left}"
+
+
 @pytest.mark.parametrize(("signal_number", "exit_code", "name"), [
     (signal.SIGINT, 130, "SIGINT"),
     (signal.SIGTERM, 143, "SIGTERM"),
@@ -292,6 +309,7 @@ def test_interrupted_build(tmp_path: Path, signal_number: int, exit_code: int, n
     reader.join(timeout=10)
     process.stdout.close()
 
+    assert_no_process_mentions(str(config))
     errors = [line for line in lines if line.startswith("error:")]
     if name is not None:
         assert errors == [f"error: interrupted by {name}; temporary files were removed "
