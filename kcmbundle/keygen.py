@@ -191,7 +191,7 @@ def _start_worker() -> None:
 
 
 def _exit_with_parent(parent: int) -> None:
-    # A worker waits for tasks on a pipe whose write end it holds itself, so
+    # A worker waits for tasks on a pipe that it also has open for writing, so
     # it would wait forever after the build is killed with SIGKILL.
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
