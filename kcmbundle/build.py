@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from kcmbundle import interrupts
 from kcmbundle.archive import discard, publish, remove_stale_temporaries, stage_file, tarball_bytes
 from kcmbundle.bundle import Bundle, iter_bundles, keys_needed
 from kcmbundle.cluster_checks import ClusterReport, assert_same_units
@@ -27,6 +29,9 @@ from kcmbundle.pki import CA, KEY_ALGORITHMS, PrivateKey, Seams
 from kcmbundle.validation import load_and_check
 
 logger = logging.getLogger(__name__)
+
+MAX_TAR_MTIME = 8**11 - 1
+"""Latest entry time that fits the tar header's 11 octal digits; GNU tar rejects later ones."""
 
 MAX_KEYS_GUESSED = 1000
 """Maximum number of keys started before the configs are checked; the rest wait for the checks."""
@@ -78,10 +83,13 @@ def archive_mtime(seams: Seams) -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return int(seams.clock().timestamp())
-    if not value.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is invalid; set it to a Unix time in seconds, "
-                         "such as $(git log -1 --format=%ct), or unset it")
+    if not _ASCII_DIGITS.fullmatch(value) or int(value) > MAX_TAR_MTIME:
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is invalid; set it to a Unix time in seconds up to "
+                         f"{MAX_TAR_MTIME}, such as $(git log -1 --format=%ct), or unset it")
     return int(value)
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def build(
@@ -149,6 +157,7 @@ def build_clusters(
         UsageError: the signing key is unusable, or ``masters`` is given with
         several configs; nothing was built.
     """
+    config_paths = _distinct(config_paths)
     if masters and len(config_paths) != 1:
         raise UsageError("--master selects masters of one cluster; pass exactly one config with it")
     signer = _load_signer(sign_key)
@@ -167,7 +176,7 @@ def build_clusters(
                 on_progress(done, total)
 
         requests = [[config.certificate.key_algorithm] * count for (_, config, _, _), count in zip(loaded, counts)]
-        key_maker.prefetch([algorithm for cluster in requests for algorithm in cluster])
+        key_maker.settle([algorithm for cluster in requests for algorithm in cluster])
         # Each cluster is signed and written as soon as its keys are ready, while
         # the workers go on making the keys of the next clusters.
         for (path, config, ca, selected), cluster_requests in zip(loaded, requests):
@@ -181,6 +190,18 @@ def build_clusters(
             for _ in selected:
                 advance()
     return [outcomes[path] for path in config_paths]
+
+
+def _distinct(paths: Sequence[Path]) -> list[Path]:
+    # The same file named twice, such as a.json and ./a.json, is built once.
+    seen: set[Path] = set()
+    distinct = []
+    for path in paths:
+        resolved = path.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            distinct.append(path)
+    return distinct
 
 
 def _load_all(config_paths: Sequence[Path], masters: Sequence[str], out_dir: Path, seams: Seams, strict: bool,
@@ -214,10 +235,13 @@ def guess_key_algorithms(config_paths: Sequence[Path], masters: Sequence[str] = 
 
     Nothing is checked, so the guess can be wrong, such as for a config that
     turns out invalid. It only decides which keys to start early. Files that
-    cannot be read as JSON objects add nothing.
+    cannot be read as JSON objects add nothing, and so do pipes and other
+    files that are not regular files.
     """
     algorithms: list[str] = []
     for path in config_paths:
+        if not path.is_file():
+            continue  # a pipe such as /dev/stdin can be read only once, by the build
         try:
             document = read_document(path)
         except KcmbundleError:
@@ -302,9 +326,14 @@ def _write_all(bundles: Iterable[Bundle], targets: dict[str, Path], mtime: int, 
             results.append(BuildResult(path, hashlib.sha256(data).hexdigest(), bundle))
             units[bundle.master.name] = bundle.file(unit_path).content.decode()
         assert_same_units(units)
-        for item in staged:
-            publish(item, force=force)
-            logger.debug("wrote %s", item.target)
+        # The renames take milliseconds. An interrupt in the middle would
+        # leave some masters with new bundles and some with old ones (with
+        # a shared certificate, two certificates in one cluster), so it
+        # waits until they are done.
+        with interrupts.held():
+            for item in staged:
+                publish(item, force=force)
+                logger.debug("wrote %s", item.target)
     finally:
         for item in staged:
             discard(item)

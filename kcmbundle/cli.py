@@ -108,7 +108,7 @@ def _reporting_errors() -> Iterator[None]:
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM, raised by the handlers that ``main`` installs.
+    """SIGINT, SIGTERM or SIGHUP, raised by the handlers that ``main`` installs.
 
     It is not a KeyboardInterrupt, which Click turns into "Aborted!" and
     exit 1 outside a command; this one reaches ``main`` wherever it strikes.
@@ -130,8 +130,8 @@ def _interrupt_exit_code(interrupt: BaseException) -> int:
 
 def _report_interrupt(interrupt: BaseException) -> None:
     name = signal.Signals(interrupt.signal_number).name if isinstance(interrupt, Interrupted) else "SIGINT"
-    print(f"error: interrupted by {name}; temporary files were removed and no partial bundle was written",
-          file=sys.stderr)
+    print(f"error: interrupted by {name}; temporary files were removed, and the bundles of each cluster "
+          "were either all written or all left as they were", file=sys.stderr)
 
 
 @app.command()
@@ -202,7 +202,7 @@ def build(
         help="Cluster config files (JSON); several build several clusters.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder; bundles go to OUT/<cluster>/.")] = Path("out"),
     all_folder: Annotated[Optional[Path], typer.Option(
-        "--all", help="Also build every *.json config in this folder and its subfolders.")] = None,
+        "--all", help="Also build every *.json config in this folder and in its subfolders one level down.")] = None,
     master: Annotated[Optional[list[str]], typer.Option(
         "--master", help="Build only this master; repeat for several. Needs exactly one config.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing bundles.")] = False,
@@ -263,8 +263,11 @@ def _print_build_summary(outcomes) -> None:
               file=sys.stderr)
     for outcome in outcomes:
         if outcome.error is not None:
+            prefix = f"{outcome.config_path}: "
             for line in outcome.error.lines():
-                print(terminal_safe(f"error: {outcome.config_path}: {line}"), file=sys.stderr)
+                # Errors about the file itself already start with its path.
+                text = line if line.startswith(prefix) else prefix + line
+                print(terminal_safe(f"error: {text}"), file=sys.stderr)
 
 
 def _now():
@@ -469,7 +472,9 @@ def schema() -> None:
 
 def main() -> None:
     """Run the CLI; the console script and ``python -m kcmbundle`` call this."""
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
+    from kcmbundle import interrupts
+
+    for signal_number in sorted(interrupts.SIGNALS):
         # An ignored signal stays ignored, as for a command started in the background with nohup.
         if signal.getsignal(signal_number) is not signal.SIG_IGN:
             signal.signal(signal_number, _raise_interrupted)

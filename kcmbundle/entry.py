@@ -25,7 +25,8 @@ def main() -> None:
         print(f"kcmbundle {__version__}")
         return
 
-    if arguments in (["--help"], ["-h"]) and _terminal_columns() >= HELP_WIDTH:
+    # sys.stdout is None when the shell closed it (kcmbundle --help >&-).
+    if arguments in (["--help"], ["-h"]) and sys.stdout is not None and _terminal_columns() >= HELP_WIDTH:
         with open(os.path.join(os.path.dirname(__file__), "data", "help.txt"), encoding="utf-8") as stream:
             sys.stdout.write(stream.read())
         return

@@ -15,13 +15,14 @@ import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from typing import Callable, Iterator, Sequence
 
 from cryptography.hazmat.primitives import serialization
 
+from kcmbundle import interrupts
 from kcmbundle.pki import PrivateKey, generate_private_key
 
 logger = logging.getLogger(__name__)
@@ -78,18 +79,32 @@ class KeyMaker:
         if not algorithms or (self._pool is None and not self._worth_a_pool(algorithms)):
             return
         # The first submission starts the workers and the executor's thread.
-        # SIGINT and SIGTERM are blocked meanwhile because the CLI turns them
-        # into exceptions, and one raised during that start-up leaves the
-        # executor half made. They are delivered when the mask is restored.
-        interrupts = {signal.SIGINT, signal.SIGTERM}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
-        try:
+        # Interrupts wait meanwhile because the CLI turns them into
+        # exceptions, and one raised during that start-up leaves the executor
+        # half made.
+        with interrupts.held():
             if self._pool is None:
                 self._start_pool(algorithms)
             else:
                 self._submit(algorithms)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def settle(self, algorithms: Sequence[str]) -> None:
+        """Make ``algorithms`` the keys still to hand out: cancel prefetched keys beyond them, start missing ones.
+
+        Only keys that no worker has started can be cancelled, so a wrong
+        guess costs at most the keys already under way.
+        """
+        needed = Counter(algorithms)
+        for algorithm, pending in self._pending.items():
+            surplus = len(pending) - needed[algorithm]
+            # The newest keys are the least likely to have started.
+            for future in reversed(list(pending)):
+                if surplus <= 0:
+                    break
+                if future.cancel():
+                    pending.remove(future)
+                    surplus -= 1
+        self.prefetch(algorithms)
 
     def keys(self, algorithms: Sequence[str], on_key: Callable[[], None] | None = None) -> Iterator[PrivateKey]:
         """Yield one key per algorithm name in ``algorithms``, in order, as each is ready.
@@ -181,7 +196,8 @@ def _start_worker() -> None:
     # whole process group, and workers would only print tracebacks for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
     close_inherited_locks()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kcmbundle import build as build_module
 from kcmbundle.build import build
 from kcmbundle.cli import app
 from kcmbundle.lock import LOCK_FILE_NAME
@@ -297,6 +298,7 @@ def assert_no_process_mentions(text: str, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize(("signal_number", "exit_code", "name"), [
     (signal.SIGINT, 130, "SIGINT"),
     (signal.SIGTERM, 143, "SIGTERM"),
+    (signal.SIGHUP, 129, "SIGHUP"),
     (signal.SIGKILL, -signal.SIGKILL, None),
 ])
 def test_interrupted_build(tmp_path: Path, signal_number: int, exit_code: int, name: str | None) -> None:
@@ -312,8 +314,8 @@ def test_interrupted_build(tmp_path: Path, signal_number: int, exit_code: int, n
     assert_no_process_mentions(str(config))
     errors = [line for line in lines if line.startswith("error:")]
     if name is not None:
-        assert errors == [f"error: interrupted by {name}; temporary files were removed "
-                          "and no partial bundle was written\n"]
+        assert errors == [f"error: interrupted by {name}; temporary files were removed, and "
+                          "the bundles of each cluster were either all written or all left as they were\n"]
     assert not any("Traceback" in line for line in lines)
     assert tarballs(out / "kubernetes") == []
     assert temporaries(out) == []
@@ -325,6 +327,27 @@ def test_interrupted_build(tmp_path: Path, signal_number: int, exit_code: int, n
     assert temporaries(out) == []
     for result in results:
         assert_complete_tarball(result.path)
+
+
+def test_interrupt_while_publishing_waits_for_every_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path / "cluster")
+    published = []
+
+    def publish_then_interrupt(item, *, force: bool) -> None:
+        real_publish(item, force=force)
+        published.append(item.target.name)
+        if len(published) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    real_publish = build_module.publish
+    monkeypatch.setattr(build_module, "publish", publish_then_interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        build(config, tmp_path / "out", seams=fixed_seams())
+
+    assert published == [f"{master}.tar.gz" for master in MASTERS]
+    assert tarballs(tmp_path / "out" / "kubernetes") == [f"{master}.tar.gz" for master in MASTERS]
+    assert temporaries(tmp_path / "out") == []
 
 
 def test_stale_temporary_removed(tmp_path: Path, seams: Seams) -> None:

@@ -366,6 +366,23 @@ def test_root_link_leading_outside_rejected(master: FakeMaster, first: Path, tmp
     assert master.recorded("systemctl") == []
 
 
+@pytest.mark.parametrize("link", ["var/lib/kcmbundle/backups", "var/lib/kcmbundle/install.lock"])
+def test_root_state_link_leading_outside_rejected(master: FakeMaster, first: Path, tmp_path: Path,
+                                                   link: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (master.root / link).parent.mkdir(parents=True)
+    (master.root / link).symlink_to(outside / "target")
+    before = tree(master.root)
+
+    result = master.run(first)
+
+    assert result.returncode == 1, result.stderr
+    assert f"{master.root}/{link} leads to {outside}/target, outside" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert tree(master.root) == before
+
+
 def test_root_link_inside_root_followed(master: FakeMaster, first: Path) -> None:
     (master.root / "lib" / "systemd-etc").mkdir(parents=True)
     (master.root / "etc" / "systemd").symlink_to("../lib/systemd-etc")

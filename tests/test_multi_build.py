@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kcmbundle.build import MAX_KEYS_GUESSED, build_clusters, guess_key_algorithms
+from kcmbundle.build import MAX_KEYS_GUESSED, MAX_TAR_MTIME, archive_mtime, build_clusters, guess_key_algorithms
+from kcmbundle.errors import UsageError
 from kcmbundle.cli import app
 from kcmbundle.keygen import MIN_KEYS_FOR_POOL, KeyMaker, generate_keys
 from kcmbundle.pki import describe_key
@@ -196,6 +198,57 @@ def test_guess_reads_raw_configs(tmp_path: Path) -> None:
     assert guess_key_algorithms([defaults], ["k8s-master2"]) == ["rsa-2048"]
 
 
+def test_guess_skips_pipes(tmp_path: Path) -> None:
+    fifo = tmp_path / "cluster.json"
+    os.mkfifo(fifo)
+
+    assert guess_key_algorithms([fifo]) == []
+
+
+def test_build_reads_config_from_pipe(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cluster", starter_config(certificate={"keyAlgorithm": "ecdsa-p256"}))
+    document = config.read_text().replace('"pki/', f'"{tmp_path}/cluster/pki/')
+
+    completed = subprocess.run([sys.executable, "-m", "kcmbundle", "build", "/dev/stdin", "--out", str(tmp_path / "out")],
+                               input=document, capture_output=True, text=True, timeout=120, check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count(".tar.gz") == 3
+
+
+def test_settle_cancels_unstarted_guesses() -> None:
+    with KeyMaker(workers=2) as maker:
+        maker.prefetch(["rsa-4096"] * 8)
+        maker.settle(["ecdsa-p256"])
+        guessed = list(maker._pending["rsa-4096"])
+        keys = list(maker.keys(["ecdsa-p256"]))
+
+    # Only keys already handed to a worker (two running, one queued) remain.
+    assert len(guessed) <= 3
+    assert [describe_key(key) for key in keys] == ["ecdsa-p256"]
+
+
+def test_same_config_twice_builds_once(tmp_path: Path) -> None:
+    (path,) = _write_clusters(tmp_path / "configs", ["alpha"])
+    again = path.parent / "." / path.name
+
+    outcomes = build_clusters([path, again], tmp_path / "out", seams=fixed_seams())
+
+    assert [outcome.cluster for outcome in outcomes] == ["alpha"]
+    assert outcomes[0].error is None
+
+
+def test_summary_names_each_path_once(tmp_path: Path) -> None:
+    good, bad = _write_clusters(tmp_path / "configs", ["alpha", "beta"])
+    bad.write_text('{"cluster": ')
+
+    result = runner.invoke(app, ["build", str(good), str(bad), "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 2, result.output
+    assert f"error: {bad}: invalid JSON" in result.stderr
+    assert f"{bad}: {bad}" not in result.stderr
+
+
 def test_guess_is_capped(tmp_path: Path) -> None:
     masters = [{"name": f"m{i}", "ip": f"10.0.{i // 250}.{i % 250 + 1}"} for i in range(MAX_KEYS_GUESSED + 5)]
     path = write_config(tmp_path, starter_config(masters=masters))
@@ -226,3 +279,20 @@ def test_version_fast_path_skips_typer() -> None:
     assert completed.returncode == 0
     assert completed.stdout.startswith("kcmbundle ")
     assert "typer" not in completed.stderr
+
+
+@pytest.mark.parametrize("value", ["²", "１２", "-1", "1e9", str(MAX_TAR_MTIME + 1)])
+def test_source_date_epoch_invalid(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+
+    with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH=.* is invalid"):
+        archive_mtime(fixed_seams())
+
+
+def test_help_with_closed_stdout_exits_cleanly() -> None:
+    probe = "import sys; sys.argv = ['kcmbundle', '--help']; from kcmbundle.entry import main; main()"
+    completed = subprocess.run(["bash", "-c", f'"$0" -c "$1" >&-', sys.executable, probe],
+                               capture_output=True, text=True, timeout=60, check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert "Traceback" not in completed.stderr

@@ -122,6 +122,28 @@ def test_load_ca_rejects_mismatched_key(tmp_path: Path) -> None:
         load_ca(CASource(cert, other_key, None), FIXED_NOW)
 
 
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"dmp1": 2}, "its CRT values do not match its factors"),
+    ({"iqmp": 2}, "its CRT values do not match its factors"),
+    ({"d": 2}, "its private exponent does not match its public exponent"),
+    ({"dmq1": 2}, "its CRT values do not match its factors"),
+])
+def test_load_ca_rejects_inconsistent_rsa_key(tmp_path: Path, change: dict[str, int], reason: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key_path = write_ca(tmp_path)
+    numbers = load_key("ca-rsa-2048").private_numbers()
+    fields = {name: getattr(numbers, name) for name in ("p", "q", "d", "dmp1", "dmq1", "iqmp")}
+    for name, offset in change.items():
+        fields[name] += offset
+    damaged = rsa.RSAPrivateNumbers(**fields, public_numbers=numbers.public_numbers)
+    key_path.write_bytes(damaged.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+
+    with pytest.raises(CAError, match=f"the key is damaged \\({reason}\\)"):
+        load_ca(CASource(cert, key_path, None), FIXED_NOW)
+
+
 def test_load_ca_rejects_rsa_key_that_signs_wrongly(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -166,6 +188,10 @@ def test_encrypted_ca_key_uses_passphrase_env(tmp_path: Path, monkeypatch: pytes
     key.write_bytes(encrypted)
 
     with pytest.raises(CAError, match="environment variable KCM_TEST_PASS is not set"):
+        load_ca(CASource(cert, key, "KCM_TEST_PASS"), FIXED_NOW)
+
+    monkeypatch.setenv("KCM_TEST_PASS", "")
+    with pytest.raises(CAError, match="environment variable KCM_TEST_PASS is empty"):
         load_ca(CASource(cert, key, "KCM_TEST_PASS"), FIXED_NOW)
 
     monkeypatch.setenv("KCM_TEST_PASS", "wrong")

@@ -313,6 +313,7 @@ check_user() {
 check_tools() {
   local tools=(awk cmp cp date df mktemp mv sha256sum sort stat timeout)
   ((FORCE)) || tools+=(ip)
+  [[ -z "${ROOT}" ]] || tools+=(realpath)
   ((NO_RESTART)) || tools+=(systemctl journalctl curl)
   local tool
   for tool in "${tools[@]}"; do
@@ -363,6 +364,23 @@ check_host_files() {
   if ((${#HOST_FILES[@]} > 0)); then
     log preflight "host files present: $(printf '%s\n' "${HOST_FILES[@]}" | sort -u | paste -sd ' ' -)"
   fi
+}
+
+# With --root, a symbolic link under DIR that points out of it, such as
+# DIR/etc -> /etc, would make this script write outside DIR.
+check_inside_root() {
+  [[ -n "${ROOT}" ]] || return 0
+  local paths=("${ROOT}${WORKING_DIR}" "${STATE_DIR}" "${BACKUPS_DIR}" "${LOCK_FILE}" "${LOG_FILE}")
+  local path resolved
+  for path in "${FILE_TARGETS[@]}"; do
+    paths+=("${ROOT}${path}")
+  done
+  for path in "${paths[@]}"; do
+    resolved="$(realpath -m -- "${path}")"
+    if [[ "${resolved}" != "${ROOT}/"* ]]; then
+      die preflight "${EXIT_REFUSED}" "--root ${ROOT}: ${path} leads to ${resolved}, outside ${ROOT}, through a symbolic link; replace the link with a folder, or install without --root"
+    fi
+  done
 }
 
 check_bundled_binary() {
@@ -784,6 +802,7 @@ latest_backup() {
 main_rollback() {
   check_user
   check_tools
+  check_inside_root
   local folder path
   folder="$(latest_backup)"
   [[ -n "${folder}" ]] || die preflight "${EXIT_REFUSED}" "no backup found in ${BACKUPS_DIR}; there is nothing to roll back to"
@@ -822,6 +841,7 @@ main_install() {
   log preflight "bundle ${BUNDLE_NAME} for ${MASTER_NAME} (${MASTER_IP})${ROOT:+, installing under ${ROOT}}"
   check_user
   check_tools
+  check_inside_root
   check_checksums
   check_host_address
   check_host_files
