@@ -54,16 +54,15 @@ class Timing:
         return statistics.median(self.cpu_samples)
 
 
-def run_timed(command: list[str] | str, *, cwd: Path, shell: bool = False) -> tuple[float, float, float]:
+def run_timed(command: list[str], *, cwd: Path) -> tuple[float, float, float]:
     """Run one command; return its wall time in seconds, its peak RSS in MiB and its CPU time in seconds.
 
-    The RSS and the CPU time come from wait4. The RSS is the largest of the process and the
-    children it waited for (such as key-generation workers), not their sum,
-    and the CPU time (user and system) is the sum over all of them.
+    The RSS and the CPU time come from wait4. The RSS is the largest of the
+    process and the children it waited for (such as key-generation workers),
+    not their sum, and the CPU time (user and system) is the sum over all of them.
     """
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, shell=shell, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, executable="/bin/bash" if shell else None)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert process.stderr is not None
     errors = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -74,15 +73,13 @@ def run_timed(command: list[str] | str, *, cwd: Path, shell: bool = False) -> tu
     return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, command, *, cwd: Path, runs: int, shell: bool = False, prepare=None) -> Timing:
-    """Time ``command`` after one warm-up run; ``prepare`` runs before each run, untimed."""
+def measure(name: str, command: list[str], *, cwd: Path, runs: int) -> Timing:
+    """Time ``command`` ``runs`` times after one warm-up run."""
     samples = []
     cpu_samples = []
     peak = 0.0
     for index in range(runs + 1):
-        if prepare:
-            prepare()
-        elapsed, rss, cpu = run_timed(command, cwd=cwd, shell=shell)
+        elapsed, rss, cpu = run_timed(command, cwd=cwd)
         peak = max(peak, rss)
         if index:
             samples.append(elapsed)
@@ -91,6 +88,42 @@ def measure(name: str, command, *, cwd: Path, runs: int, shell: bool = False, pr
     print(f"{name:<58} median {timing.median:7.3f} s  (min {min(samples):.3f}, max {max(samples):.3f})",
           flush=True)
     return timing
+
+
+@dataclass
+class Case:
+    """One command to time."""
+
+    key: str
+    name: str
+    command: list[str]
+
+
+def measure_in_turns(cases: list[Case], *, cwd: Path, runs: int) -> dict[str, Timing]:
+    """Time every case ``runs`` times after one warm-up round, one run of each case per round.
+
+    Running the cases in turns, instead of one case after another, makes a
+    change in the machine's speed during the benchmark hit them alike, so
+    the ratios between them stay fair.
+    """
+    samples: dict[str, list[float]] = {case.key: [] for case in cases}
+    cpu_samples: dict[str, list[float]] = {case.key: [] for case in cases}
+    peaks = {case.key: 0.0 for case in cases}
+    for index in range(runs + 1):
+        for case in cases:
+            elapsed, rss, cpu = run_timed(case.command, cwd=cwd)
+            peaks[case.key] = max(peaks[case.key], rss)
+            if index:
+                samples[case.key].append(elapsed)
+                cpu_samples[case.key].append(cpu)
+
+    timings = {}
+    for case in cases:
+        timing = Timing(case.name, samples[case.key], cpu_samples[case.key], peaks[case.key])
+        print(f"{case.name:<58} median {timing.median:7.3f} s  "
+              f"(min {min(timing.samples):.3f}, max {max(timing.samples):.3f})", flush=True)
+        timings[case.key] = timing
+    return timings
 
 
 def write_cluster(folder: Path, name: str, masters: int, *, algorithm: str, per_master: bool) -> Path:
@@ -217,27 +250,34 @@ def run_all(work: Path, runs: int) -> str:
     subprocess.run(KCMBUNDLE + ["ca", "init", str(PKI)], check=True, capture_output=True)
     timings: dict[str, Timing] = {}
 
-    def time_case(key: str, name: str, command, **options) -> None:
-        timings[key] = measure(name, command, cwd=work, runs=runs, **options)
-
-    time_case("python", "python -c pass", [sys.executable, "-c", "pass"])
-    time_case("import", "python -c 'import cryptography.x509'", [sys.executable, "-c", "import cryptography.x509"])
-    time_case("dependencies", "python -c 'import typer, jsonschema, cryptography.x509'",
-              [sys.executable, "-c", "import typer, jsonschema, cryptography.x509"])
-    time_case("version", "kcmbundle --version", KCMBUNDLE + ["--version"])
-    time_case("help", "kcmbundle --help", KCMBUNDLE + ["--help"])
-
     three = write_cluster(work / "c3", "three", 3, algorithm="rsa-2048", per_master=True)
-    time_case("validate", "kcmbundle validate (3 masters)", KCMBUNDLE + ["validate", str(three)])
+    timings.update(measure_in_turns([
+        Case("python", "python -c pass", [sys.executable, "-c", "pass"]),
+        Case("import", "python -c 'import cryptography.x509'", [sys.executable, "-c", "import cryptography.x509"]),
+        Case("dependencies", "python -c 'import typer, jsonschema, cryptography.x509'",
+             [sys.executable, "-c", "import typer, jsonschema, cryptography.x509"]),
+        Case("version", "kcmbundle --version", KCMBUNDLE + ["--version"]),
+        Case("help", "kcmbundle --help", KCMBUNDLE + ["--help"]),
+        Case("validate", "kcmbundle validate (3 masters)", KCMBUNDLE + ["validate", str(three)]),
+    ], cwd=work, runs=runs))
 
-    cases = [
+    builds = []
+    for key, masters, algorithm, per_master in [
         ("3-rsa", 3, "rsa-2048", True), ("3-rsa-shared", 3, "rsa-2048", False), ("3-ec", 3, "ecdsa-p256", True),
         ("30-rsa", 30, "rsa-2048", True), ("30-rsa-shared", 30, "rsa-2048", False), ("30-ec", 30, "ecdsa-p256", True),
-    ]
-    for key, masters, algorithm, per_master in cases:
+    ]:
         config = write_cluster(work / f"c-{key}", f"bench-{key}", masters, algorithm=algorithm, per_master=per_master)
         label = f"build {masters} masters, {algorithm}, {'per-master' if per_master else 'shared'}"
-        time_case(key, label, KCMBUNDLE + ["build", str(config), "--out", str(work / "out"), "--force"])
+        builds.append(Case(key, label, KCMBUNDLE + ["build", str(config), "--out", str(work / "out"), "--force"]))
+    kubectl = find_kubectl()
+    have_pipeline = shutil.which("cfssl") and shutil.which("cfssljson") and kubectl
+    if have_pipeline:
+        prepare_pipeline(work)
+        for masters in (3, 30):
+            script = work / f"pipeline-{masters}.sh"
+            script.write_text(pipeline_script(work, masters, kubectl))
+            builds.append(Case(f"pipeline-{masters}", f"hand-run pipeline, {masters} masters", ["bash", str(script)]))
+    timings.update(measure_in_turns(builds, cwd=work, runs=runs))
 
     configs = [str(write_cluster(work / "many" / f"c{i:03d}", f"cluster{i:03d}", 3, algorithm="rsa-2048",
                                  per_master=True)) for i in range(100)]
@@ -249,15 +289,6 @@ def run_all(work: Path, runs: int) -> str:
     keygen = rsa_keygen_seconds()
     print(f"{'RSA-2048 key generation, one key in-process':<58} mean   {statistics.mean(keygen):7.3f} s  "
           f"(min {min(keygen):.3f}, max {max(keygen):.3f})")
-
-    kubectl = find_kubectl()
-    have_pipeline = shutil.which("cfssl") and shutil.which("cfssljson") and kubectl
-    if have_pipeline:
-        prepare_pipeline(work)
-        for masters in (3, 30):
-            script = work / f"pipeline-{masters}.sh"
-            script.write_text(pipeline_script(work, masters, kubectl))
-            time_case(f"pipeline-{masters}", f"hand-run pipeline, {masters} masters", ["bash", str(script)])
 
     return render_report(timings, keygen, bool(have_pipeline), runs)
 
@@ -274,6 +305,8 @@ def render_report(timings: dict[str, Timing], keygen_samples: list[float], have_
         "",
         f"Measured by `bench/run.py --runs {runs}` on {machine_description()}.",
         "Wall time of whole processes: median of the timed runs after one warm-up, with min and max.",
+        "The start-up cases, and the builds with the hand-run pipelines, run in turns (one run of each per round),",
+        "so that a change in the machine's speed during the benchmark affects them alike.",
         "CPU time: median of user and system time, summed over the process and its key-generation workers.",
         "",
         "| case | median s | min s | max s | median CPU s | peak RSS MiB |",
