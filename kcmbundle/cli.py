@@ -19,7 +19,9 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from kcmbundle import __version__
+from kcmbundle import interrupts
 from kcmbundle.errors import ExitCode, KcmbundleError
+from kcmbundle.interrupts import Interrupted
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 internal error (a bug: please report it); "
@@ -105,22 +107,6 @@ def _reporting_errors() -> Iterator[None]:
         # The finally blocks inside the command have run by now and removed their temporary files.
         _report_interrupt(interrupt)
         raise typer.Exit(code=_interrupt_exit_code(interrupt)) from None
-
-
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP, raised by the handlers that ``main`` installs.
-
-    It is not a KeyboardInterrupt, which Click turns into "Aborted!" and
-    exit 1 outside a command; this one reaches ``main`` wherever it strikes.
-    """
-
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(signal_number)
-        self.signal_number = signal_number
-
-
-def _raise_interrupted(signal_number: int, frame: object) -> None:
-    raise Interrupted(signal_number)
 
 
 def _interrupt_exit_code(interrupt: BaseException) -> int:
@@ -472,12 +458,7 @@ def schema() -> None:
 
 def main() -> None:
     """Run the CLI; the console script and ``python -m kcmbundle`` call this."""
-    from kcmbundle import interrupts
-
-    for signal_number in sorted(interrupts.SIGNALS):
-        # An ignored signal stays ignored, as for a command started in the background with nohup.
-        if signal.getsignal(signal_number) is not signal.SIG_IGN:
-            signal.signal(signal_number, _raise_interrupted)
+    interrupts.install_handlers()
     try:
         app()
     except Interrupted as interrupt:  # struck outside a command, such as while Click parsed the arguments

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +38,9 @@ WORKER_NICENESS = 5
 """Nice value added to the workers. When the workers and the build share the
 cores, the build's checks, signing and writing go first, so it waits for keys
 only at the end."""
+
+PR_SET_PDEATHSIG = 1
+"""prctl option that sends a signal to this process when its parent dies (Linux)."""
 
 PARENT_CHECK_SECONDS = 0.5
 """How often a worker checks that the build that started it is still running."""
@@ -158,7 +162,8 @@ class KeyMaker:
         size = min(self._workers, len(algorithms))
         logger.debug("generating keys in %d worker processes", size)
         running = set(multiprocessing.active_children())
-        self._pool = ProcessPoolExecutor(max_workers=size, mp_context=_context(), initializer=_start_worker)
+        self._pool = ProcessPoolExecutor(max_workers=size, mp_context=_context(), initializer=_start_worker,
+                                         initargs=(os.getpid(),))
         self._submit(algorithms)
         # With fork, the first submission starts every worker.
         self._processes = [process for process in multiprocessing.active_children() if process not in running]
@@ -189,7 +194,7 @@ def iter_keys(requests: list[str], key_factory: KeyFactory = generate_private_ke
         yield from maker.keys(requests, on_key)
 
 
-def _start_worker() -> None:
+def _start_worker(parent: int) -> None:
     from kcmbundle.lock import close_inherited_locks
 
     # The parent stops the workers on Ctrl-C; a terminal sends SIGINT to the
@@ -199,16 +204,36 @@ def _start_worker() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
     close_inherited_locks()
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    _follow_parent(parent)
     try:
         os.nice(WORKER_NICENESS)
     except OSError:  # the worker then runs at the build's priority, which only costs speed
         pass
 
 
-def _exit_with_parent(parent: int) -> None:
+def _follow_parent(parent: int) -> None:
     # A worker waits for tasks on a pipe that it also has open for writing, so
-    # it would wait forever after the build is killed with SIGKILL.
+    # it would wait forever after the build is killed with SIGKILL. On Linux
+    # the kernel kills it when the build dies, even in the middle of a key;
+    # elsewhere a thread checks, once the key under way is done.
+    if sys.platform.startswith("linux") and _kill_on_parent_death():
+        if os.getppid() != parent:  # the build died before prctl took effect
+            os._exit(1)
+        return
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _kill_on_parent_death() -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(1)

@@ -29,6 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kcmbundle import build as build_module
+from kcmbundle import interrupts
 from kcmbundle.build import build
 from kcmbundle.cli import app
 from kcmbundle.lock import LOCK_FILE_NAME
@@ -341,9 +342,19 @@ def test_interrupt_while_publishing_waits_for_every_bundle(tmp_path: Path, monke
 
     real_publish = build_module.publish
     monkeypatch.setattr(build_module, "publish", publish_then_interrupt)
-
-    with pytest.raises(KeyboardInterrupt):
-        build(config, tmp_path / "out", seams=fixed_seams())
+    # Another thread that accepts SIGINT, as a progress bar's would: the
+    # kernel delivers the signal there while the main thread blocks it.
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
+    previous = {number: signal.getsignal(number) for number in interrupts.SIGNALS}
+    interrupts.install_handlers()
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            build(config, tmp_path / "out", seams=fixed_seams())
+    finally:
+        stop.set()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
     assert published == [f"{master}.tar.gz" for master in MASTERS]
     assert tarballs(tmp_path / "out" / "kubernetes") == [f"{master}.tar.gz" for master in MASTERS]
