@@ -16,7 +16,7 @@ from typing import Iterator
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 """Ctrl-C, a polite kill, and a closed terminal."""
 
-_held = 0
+_hold_depth = 0
 _deferred: list[int] = []
 
 
@@ -48,22 +48,22 @@ def held() -> Iterator[None]:
     kernel may deliver a signal to another thread, and Python then runs the
     handler in the main thread all the same, so the handler defers it too.
     """
-    global _held
+    global _hold_depth
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    _held += 1
+    _hold_depth += 1
     try:
         yield
     finally:
-        _held -= 1
+        _hold_depth -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if not _held and _deferred:
+    if not _hold_depth and _deferred:
         signal_number = _deferred[0]
         _deferred.clear()
         raise Interrupted(signal_number)
 
 
 def _interrupt(signal_number: int, frame: object) -> None:
-    if _held:
+    if _hold_depth:
         _deferred.append(signal_number)
         return
     raise Interrupted(signal_number)

@@ -214,8 +214,8 @@ def _start_worker(parent: int) -> None:
 def _follow_parent(parent: int) -> None:
     # A worker waits for tasks on a pipe that it also has open for writing, so
     # it would wait forever after the build is killed with SIGKILL. On Linux
-    # the kernel kills it when the build dies, even in the middle of a key;
-    # elsewhere a thread checks, once the key under way is done.
+    # the kernel kills it when the build dies, even in the middle of a key.
+    # Elsewhere a thread checks, and can act only between keys.
     if sys.platform.startswith("linux") and _kill_on_parent_death():
         if os.getppid() != parent:  # the build died before prctl took effect
             os._exit(1)
