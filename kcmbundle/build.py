@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -83,13 +82,10 @@ def archive_mtime(seams: Seams) -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return int(seams.clock().timestamp())
-    if not _ASCII_DIGITS.fullmatch(value) or int(value) > MAX_TAR_MTIME:
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_TAR_MTIME:
         raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is invalid; set it to a Unix time in seconds up to "
                          f"{MAX_TAR_MTIME}, such as $(git log -1 --format=%ct), or unset it")
     return int(value)
-
-
-_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def build(

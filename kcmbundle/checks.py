@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from kcmbundle.durations import DURATION_HINT, parse_duration
 from kcmbundle.errors import Problem
+from kcmbundle.text import has_control_character
 from kcmbundle.versions import parse_kubernetes_version
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -436,7 +437,7 @@ def _check_controller_manager(document: dict[str, Any], problems: list[Problem])
         elif name == "node-cidr-mask-size" and value is not None and "nodeCIDRMaskSize" in cluster:
             problems.append(Problem(path, "sets the same flag as cluster.nodeCIDRMaskSize",
                                     "Keep only one of the two", value))
-        elif isinstance(value, str) and any(ord(character) < 32 or ord(character) == 127 for character in value):
+        elif isinstance(value, str) and has_control_character(value):
             problems.append(Problem(path, "contains a newline or control character",
                                     "Write the value on one line without control characters", value))
 

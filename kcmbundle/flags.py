@@ -7,9 +7,8 @@ which flags kcmbundle may write into the unit.
 
 It reads ``kcm-flags.json``, the same table converted to JSON, because
 parsing the TOML file took about 30 ms, a twentieth of a small build on the
-benchmark machine. A test keeps
-the two equal: after editing the TOML file, refresh the JSON file with
-``pytest tests/test_flags.py --snapshot-update``.
+benchmark machine. A test keeps the two equal: after editing the TOML file,
+refresh the JSON file with ``pytest tests/test_flags.py --snapshot-update``.
 
 Minors are plain integers: 27 means Kubernetes 1.27.
 """
@@ -33,6 +32,7 @@ from typing import Any
 
 from kcmbundle.durations import DURATION_HINT, parse_duration
 from kcmbundle.errors import NO_VALUE, Problem
+from kcmbundle.text import has_control_character
 from kcmbundle.versions import SUPPORTED_MINORS, format_minor, supported_range
 
 INT32_MIN = -(2**31)
@@ -343,7 +343,7 @@ def check_value(spec: FlagSpec, value: str) -> str | None:
     """
     if not isinstance(value, str):
         return f"expected a string, got {type(value).__name__}"
-    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+    if has_control_character(value):
         return "contains a control character such as a newline or tab"
 
     checker = _VALUE_CHECKERS.get(spec.type, _check_string)

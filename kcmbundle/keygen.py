@@ -180,7 +180,7 @@ def generate_keys(requests: list[str], key_factory: KeyFactory = generate_privat
 
     ``on_key`` is called after each key; see ``KeyMaker`` for the rest.
     """
-    with KeyMaker(key_factory, workers) as maker, closing(maker.keys(requests, on_key)) as keys:
+    with closing(iter_keys(requests, key_factory, workers, on_key)) as keys:
         return list(keys)
 
 

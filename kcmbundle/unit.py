@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Callable
 
@@ -21,6 +21,7 @@ from kcmbundle.config import Config, Master
 from kcmbundle.errors import ConfigError, Problem
 from kcmbundle.flags import FlagStatus, check_flags, load_table, parse_go_bool
 from kcmbundle.templating import render
+from kcmbundle.text import has_control_character
 from kcmbundle.versions import format_minor
 
 DEFAULT_SECURE_PORT = 10257
@@ -298,7 +299,7 @@ def systemd_quote(argument: str) -> str:
         ValueError: the argument contains a control character such as a
         newline, which has no safe form on one ExecStart line.
     """
-    if _CONTROL_CHARACTER.search(argument):
+    if has_control_character(argument):
         raise ValueError("contains a control character")
     escaped = argument.replace("%", "%%").replace("$", "$$")
     if _NEEDS_QUOTES.search(escaped):
@@ -306,7 +307,6 @@ def systemd_quote(argument: str) -> str:
     return escaped
 
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _NEEDS_QUOTES = re.compile(r"[ \t\"'\\;]")
 
 
