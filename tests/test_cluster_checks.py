@@ -376,6 +376,16 @@ def test_cli_build_warning_printed_once(tmp_path: Path) -> None:
     assert result.stderr.count("warning: controllerManager.extraArgs.authorization-kubeconfig: ") == 1
 
 
+@pytest.mark.parametrize("value", ["0", "00", "+0", "-0"])
+def test_secure_port_zero_rejected(tmp_path: Path, value: str) -> None:
+    document = starter_config()
+    document["controllerManager"]["extraArgs"] = {"secure-port": value}
+    path = write_config(tmp_path / "cluster", document)
+
+    with pytest.raises(ConfigError, match="0 turns off kube-controller-manager's HTTPS endpoint"):
+        check_cluster(load_config(path))
+
+
 def test_cli_validate_lists_flag_and_ca_problems(tmp_path: Path) -> None:
     document = starter_config()
     document["controllerManager"]["extraArgs"] = {"no-such-flag": "1"}
