@@ -73,23 +73,6 @@ def run_timed(command: list[str], *, cwd: Path) -> tuple[float, float, float]:
     return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, command: list[str], *, cwd: Path, runs: int) -> Timing:
-    """Time ``command`` ``runs`` times after one warm-up run."""
-    samples = []
-    cpu_samples = []
-    peak = 0.0
-    for index in range(runs + 1):
-        elapsed, rss, cpu = run_timed(command, cwd=cwd)
-        peak = max(peak, rss)
-        if index:
-            samples.append(elapsed)
-            cpu_samples.append(cpu)
-    timing = Timing(name, samples, cpu_samples, peak)
-    print(f"{name:<58} median {timing.median:7.3f} s  (min {min(samples):.3f}, max {max(samples):.3f})",
-          flush=True)
-    return timing
-
-
 @dataclass
 class Case:
     """One command to time."""
@@ -285,9 +268,10 @@ def run_all(work: Path, runs: int) -> str:
     # Half the keys before the 100-cluster runs and half after, so that the
     # ratio between them does not depend on when the machine was busier.
     keygen = rsa_keygen_seconds(KEYGEN_SAMPLES // 2)
-    timings["100-clusters"] = measure("build 100 clusters x 3 masters, rsa-2048, one run",
-                                      KCMBUNDLE + ["build", *configs, "--out", str(work / "out-many"), "--force"],
-                                      cwd=work, runs=many_runs)
+    timings.update(measure_in_turns([
+        Case("100-clusters", "build 100 clusters x 3 masters, rsa-2048, one run",
+             KCMBUNDLE + ["build", *configs, "--out", str(work / "out-many"), "--force"]),
+    ], cwd=work, runs=many_runs))
     keygen += rsa_keygen_seconds(KEYGEN_SAMPLES - KEYGEN_SAMPLES // 2)
     print(f"{'RSA-2048 key generation, one key in-process':<58} mean   {statistics.mean(keygen):7.3f} s  "
           f"(min {min(keygen):.3f}, max {max(keygen):.3f})")

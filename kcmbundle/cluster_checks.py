@@ -186,7 +186,7 @@ def _check_signing_files(plan: FlagPlan, errors: list[Problem]) -> None:
 
 def _check_secure_port(plan: FlagPlan, errors: list[Problem]) -> None:
     # An emitted flag passed the port check, so its value is a whole number,
-    # possibly with a sign, as Go's flag parsing accepts (+0 and -0 too).
+    # possibly signed: +0 and -0 are zero too.
     port = plan.get("secure-port")
     if port is not None and int(port.value) == 0:
         errors.append(Problem(

@@ -88,6 +88,15 @@ def test_entry_leaves_narrow_terminals_to_typer() -> None:
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 60
 
 
+def test_entry_help_with_closed_stdout() -> None:
+    probe = "import sys; sys.argv = ['kcmbundle', '--help']; from kcmbundle.entry import main; main()"
+    completed = subprocess.run(["bash", "-c", '"$0" -c "$1" >&-', sys.executable, probe],
+                               capture_output=True, text=True, timeout=60, check=False)
+
+    assert completed.returncode == 0, completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_schema_prints_shipped_schema() -> None:
     result = invoke("schema")
     assert result.exit_code == 0, result.output
