@@ -263,6 +263,8 @@ def find_configs(folder: Path) -> list[Path]:
     """
     if not folder.is_dir():
         raise UsageError(f"--all {folder}: folder not found; pass a folder of cluster configs")
+    # NOTE: any other JSON file there, such as package.json, is taken for a
+    # config and reported as an invalid one.
     found = sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json"))
     configs = [path for path in found if not path.name.endswith(".schema.json") and path.is_file()]
     if not configs:
@@ -326,6 +328,8 @@ def _write_all(bundles: Iterable[Bundle], targets: dict[str, Path], mtime: int, 
         # leave some masters with new bundles and some with old ones (with
         # a shared certificate, two certificates in one cluster), so it
         # waits until they are done.
+        # NOTE: SIGKILL or a power loss during the renames can still leave
+        # the cluster half replaced; only catchable signals wait.
         with interrupts.held():
             for item in staged:
                 publish(item, force=force)
